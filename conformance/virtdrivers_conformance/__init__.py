@@ -1,0 +1,1 @@
+"""The virtdrivers conformance suite."""

@@ -1,0 +1,459 @@
+"""The driver contract.
+
+A backend subclasses :class:`Driver`, implements the small mandatory core and
+overrides the optional operations it can do, declaring each in
+:attr:`Driver.capabilities`. The base class guards every optional operation:
+calling one whose capability the driver does not declare raises
+:class:`~virtdrivers.errors.NotSupported` before the backend is touched, and
+inputs are validated into contract objects first, so bad input is an
+:class:`~virtdrivers.errors.InvalidSpec` and never a backend call.
+
+The conformance suite can lift the guard with :meth:`Driver.probing` to find
+operations that work although they are not declared.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.errors import InvalidSpec, NotSupported
+from virtdrivers.objects import (
+    Aggregate,
+    BackendInfo,
+    DiskInfo,
+    DiskSpec,
+    HAPriority,
+    HAState,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    LifecycleEvent,
+    NodeInfo,
+    SnapshotInfo,
+)
+from virtdrivers.objects.compute import MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB
+from virtdrivers.version import CONTRACT_VERSION, ContractVersion
+
+__all__ = [
+    "Driver",
+    "DriverSettings",
+    "EmbeddedEndpoint",
+    "EventCallback",
+    "ProgressCallback",
+    "Subscription",
+]
+
+#: Called with a fraction in [0, 1] and a short human message during long operations.
+ProgressCallback = Callable[[float, str], None]
+EventCallback = Callable[[LifecycleEvent], None]
+
+
+class DriverSettings(BaseModel):
+    """Connection settings of a driver. Backends subclass it with their own fields.
+
+    Secrets belong in :class:`pydantic.SecretStr` fields, which never print.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as shown to people: secrets masked."""
+        return {k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.__dict__.items()}
+
+    def secrets(self) -> list[str]:
+        return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr)]
+
+
+class Subscription:
+    """A handle on an event subscription; close it to stop the callbacks."""
+
+    def __init__(self, on_close: Callable[[], None]) -> None:
+        self._on_close: Callable[[], None] | None = on_close
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._on_close is None
+
+    def close(self) -> None:
+        with self._lock:
+            on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class EmbeddedEndpoint:
+    """A real or simulated peer a driver package can start by itself, for tests and the parity run.
+
+    ``start`` is a context manager factory: entering it starts the peer (a simulator,
+    a scratch directory for an in-process URI) and yields the settings to load the
+    driver with; leaving it stops the peer and removes what it made. It must import
+    vendor SDKs lazily so that listing endpoints stays cheap.
+    """
+
+    name: str
+    description: str
+    start: Callable[[], AbstractContextManager[Mapping[str, Any]]]
+    #: Capabilities this endpoint cannot serve although the driver class declares them.
+    unavailable: frozenset[Capability] = field(default_factory=frozenset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards: which capabilities each optional operation needs, given its bound arguments.
+
+
+def _formats_needed(disks: Sequence[DiskSpec], default: DiskFormat | None) -> set[Capability]:
+    return {Capability.for_disk_format(d.format or default) for d in disks if (d.format or default) is not None}
+
+
+def _needs_create(self: Driver, args: dict[str, Any]) -> set[Capability]:
+    spec = args["spec"]
+    return _formats_needed(spec.disks, self.default_disk_format)
+
+
+def _needs_attach(self: Driver, args: dict[str, Any]) -> set[Capability]:
+    return {Capability.ATTACH_DISK} | _formats_needed([args["disk"]], self.default_disk_format)
+
+
+def _needs_resize(self: Driver, args: dict[str, Any]) -> set[Capability]:
+    if args.get("vcpus") is None and args.get("memory_mb") is None:
+        raise InvalidSpec("give vcpus, memory_mb or both", field="resize")
+    vcpus, memory_mb = args.get("vcpus"), args.get("memory_mb")
+    if vcpus is not None and not (isinstance(vcpus, int) and 1 <= vcpus <= MAX_VCPUS):
+        raise InvalidSpec(f"must be an integer from 1 to {MAX_VCPUS}", field="vcpus")
+    if memory_mb is not None and not (isinstance(memory_mb, int) and MIN_MEMORY_MB <= memory_mb <= MAX_MEMORY_MB):
+        raise InvalidSpec(f"must be an integer from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}", field="memory_mb")
+    needed = set()
+    if args.get("vcpus") is not None:
+        needed.add(Capability.RESIZE_CPU)
+    if args.get("memory_mb") is not None:
+        needed.add(Capability.RESIZE_MEMORY)
+    return needed
+
+
+def _needs_snapshot(self: Driver, args: dict[str, Any]) -> set[Capability]:
+    return {Capability.SNAPSHOT} | ({Capability.SNAPSHOT_MEMORY} if args.get("with_memory") else set())
+
+
+def _fixed(*caps: Capability) -> Callable[[Driver, dict[str, Any]], set[Capability]]:
+    return lambda self, args: set(caps)
+
+
+#: Operation name -> function giving the capabilities a call needs.
+_GUARDS: dict[str, Callable[[Driver, dict[str, Any]], set[Capability]]] = {
+    "create": _needs_create,
+    "pause": _fixed(Capability.PAUSE),
+    "unpause": _fixed(Capability.PAUSE),
+    "suspend": _fixed(Capability.SUSPEND),
+    "resume": _fixed(Capability.SUSPEND),
+    "resize": _needs_resize,
+    "attach_disk": _needs_attach,
+    "detach_disk": _fixed(Capability.DETACH_DISK),
+    "create_snapshot": _needs_snapshot,
+    "list_snapshots": _fixed(Capability.SNAPSHOT),
+    "revert_snapshot": _fixed(Capability.SNAPSHOT),
+    "delete_snapshot": _fixed(Capability.SNAPSHOT),
+    "live_migrate": _fixed(Capability.LIVE_MIGRATE),
+    "cold_migrate": _fixed(Capability.COLD_MIGRATE),
+    "evacuate": _fixed(Capability.EVACUATE),
+    "list_aggregates": _fixed(Capability.AGGREGATES),
+    "set_high_availability": _fixed(Capability.HIGH_AVAILABILITY),
+    "get_high_availability": _fixed(Capability.HIGH_AVAILABILITY),
+    "failover": _fixed(Capability.HA_FAILOVER),
+    "list_unmanaged": _fixed(Capability.ADOPT),
+    "adopt": _fixed(Capability.ADOPT),
+    "subscribe": _fixed(Capability.EVENTS),
+}
+
+#: Arguments validated into contract objects before any guard or backend call.
+_COERCE: dict[str, type[Any]] = {"spec": InstanceSpec, "disk": DiskSpec}
+
+
+def _guarded(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    sig = inspect.signature(func)
+    needs = _GUARDS[name]
+
+    @functools.wraps(func)
+    def wrapper(self: Driver, /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise InvalidSpec(str(exc), field=name) from None
+        for arg, cls in _COERCE.items():
+            if arg in bound.arguments:
+                bound.arguments[arg] = cls.validate_input(bound.arguments[arg])
+        needed = needs(self, bound.arguments)
+        if not self._probe_active():
+            missing = needed - self.capabilities
+            if missing:
+                names = ", ".join(sorted(missing))
+                raise NotSupported(f"{self.name}: {name} needs {names}", capability=sorted(missing)[0])
+        return func(*bound.args, **bound.kwargs)
+
+    wrapper.__vd_guarded__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class Driver(ABC):
+    """Base of every backend driver.
+
+    Class data a plugin sets (all readable without connecting or importing a vendor SDK):
+
+    - ``name``: the entry-point name it registers under.
+    - ``capabilities``: the optional features it implements.
+    - ``contract_version``: the contract ``MAJOR.MINOR`` it was written against.
+    - ``settings_model``: a :class:`DriverSettings` subclass for its connection settings.
+    - ``default_disk_format``: the format used when a :class:`DiskSpec` names none.
+
+    Drivers are used as context managers (``with load("fake") as d: ...``) or with
+    explicit :meth:`connect` and :meth:`close`. Instances are referred to by the
+    ``id`` a driver reports in :class:`InstanceInfo`.
+    """
+
+    name: ClassVar[str] = "abstract"
+    capabilities: frozenset[Capability] = frozenset()
+    contract_version: ClassVar[str] = str(CONTRACT_VERSION)
+    settings_model: ClassVar[type[DriverSettings]] = DriverSettings
+    default_disk_format: ClassVar[DiskFormat | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for op in _GUARDS:
+            impl = cls.__dict__.get(op)
+            if impl is not None and not getattr(impl, "__vd_guarded__", False):
+                setattr(cls, op, _guarded(op, impl))
+        # Operations the plugin's contract minor predates count as not declared.
+        declared = frozenset(Capability(c) for c in cls.__dict__.get("capabilities", cls.capabilities))
+        cls.capabilities = declared & cls.known_capabilities()
+
+    @classmethod
+    def known_capabilities(cls) -> frozenset[Capability]:
+        """Capabilities that exist in the contract version this plugin was written for."""
+        return Capability.known_in(ContractVersion.parse(cls.contract_version))
+
+    @classmethod
+    def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        """Peers this package can start by itself. Empty when it needs a real one."""
+        return ()
+
+    def __init__(self, settings: DriverSettings | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        if isinstance(settings, DriverSettings):
+            if kwargs:
+                settings = settings.model_copy(update=kwargs)
+        else:
+            try:
+                settings = self.settings_model(**{**(settings or {}), **kwargs})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"]) or "settings"
+                # Never echo input values: they may be passwords.
+                raise InvalidSpec(err["msg"], field=f"{self.name}.{loc}") from None
+        self.settings = settings
+        # Instance copy so an endpoint can narrow what the class declares.
+        self.capabilities = type(self).capabilities
+        self._probe = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.settings.redacted()}>"
+
+    # -- capabilities and probing ---------------------------------------------------------
+
+    def supports(self, capability: Capability | str) -> bool:
+        return Capability(capability) in self.capabilities
+
+    def narrow_capabilities(self, unavailable: frozenset[Capability] | set[Capability]) -> None:
+        """Withdraw capabilities the connected endpoint cannot serve (for example libvirt's test driver)."""
+        self.capabilities = self.capabilities - frozenset(unavailable)
+
+    def _probe_active(self) -> bool:
+        return bool(getattr(self._probe, "active", False))
+
+    @contextmanager
+    def probing(self) -> Iterator[None]:
+        """Lift the capability guard in this thread, so undeclared operations reach the implementation.
+
+        Used by the conformance suite to catch operations that work but are not declared.
+        Operations a driver does not implement at all still raise NotSupported.
+        """
+        previous = self._probe_active()
+        self._probe.active = True
+        try:
+            yield
+        finally:
+            self._probe.active = previous
+
+    # -- connection -----------------------------------------------------------------------
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the connection to the backend. Idempotent."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection and any threads. Idempotent."""
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def backend_info(self) -> BackendInfo:
+        """What this driver is connected to, with versions."""
+
+    # -- mandatory core ---------------------------------------------------------------------
+
+    @abstractmethod
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every instance on the endpoint, in as few backend round trips as the backend allows."""
+
+    @abstractmethod
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        """One instance by id; InstanceNotFound if it does not exist."""
+
+    def find_instance(self, name: str) -> InstanceInfo:
+        """One instance by name. Drivers with a cheaper lookup may override."""
+        from virtdrivers.errors import InstanceNotFound
+
+        for info in self.list_instances():
+            if info.name == name:
+                return info
+        raise InstanceNotFound(name)
+
+    @abstractmethod
+    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        """Create an instance from ``spec`` (and start it if ``spec.start``).
+
+        A failed create removes everything it made. Duplicate names raise InvalidSpec
+        (field ``name``) where the backend forbids them.
+        """
+
+    @abstractmethod
+    def destroy(self, instance_id: str) -> None:
+        """Stop the instance if needed and remove it with the disks it owns."""
+
+    @abstractmethod
+    def power_on(self, instance_id: str) -> InstanceInfo: ...
+
+    @abstractmethod
+    def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        """Ask the guest to shut down, wait up to ``timeout`` seconds, then force it off.
+
+        ``force=True`` (or ``timeout=0``) powers off at once.
+        """
+
+    @abstractmethod
+    def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
+        """Soft reboot asks the guest; hard reboot resets it."""
+
+    @abstractmethod
+    def list_nodes(self) -> list[NodeInfo]: ...
+
+    @abstractmethod
+    def host_resources(self, node: str | None = None) -> HostResources:
+        """Capacity and use of ``node`` (the only node when None)."""
+
+    # -- optional operations: override and declare the capability ---------------------------
+
+    def _unsupported(self, op: str, capability: Capability) -> NotSupported:
+        return NotSupported(f"{self.name} does not implement {op}", capability=capability)
+
+    def pause(self, instance_id: str) -> InstanceInfo:
+        """Freeze a running instance in memory (PAUSE)."""
+        raise self._unsupported("pause", Capability.PAUSE)
+
+    def unpause(self, instance_id: str) -> InstanceInfo:
+        raise self._unsupported("unpause", Capability.PAUSE)
+
+    def suspend(self, instance_id: str) -> InstanceInfo:
+        """Save memory to disk and stop (SUSPEND)."""
+        raise self._unsupported("suspend", Capability.SUSPEND)
+
+    def resume(self, instance_id: str) -> InstanceInfo:
+        raise self._unsupported("resume", Capability.SUSPEND)
+
+    def resize(self, instance_id: str, *, vcpus: int | None = None, memory_mb: int | None = None) -> InstanceInfo:
+        """Change vCPUs (RESIZE_CPU) and/or memory (RESIZE_MEMORY)."""
+        raise self._unsupported("resize", Capability.RESIZE_CPU)
+
+    def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        """Create a disk from ``disk`` and attach it (ATTACH_DISK plus the disk's format)."""
+        raise self._unsupported("attach_disk", Capability.ATTACH_DISK)
+
+    def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
+        """Detach a disk (DETACH_DISK); ``delete`` also removes its storage."""
+        raise self._unsupported("detach_disk", Capability.DETACH_DISK)
+
+    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
+        raise self._unsupported("create_snapshot", Capability.SNAPSHOT)
+
+    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
+        raise self._unsupported("list_snapshots", Capability.SNAPSHOT)
+
+    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        raise self._unsupported("revert_snapshot", Capability.SNAPSHOT)
+
+    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        raise self._unsupported("delete_snapshot", Capability.SNAPSHOT)
+
+    def live_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        """Move a running instance to ``node`` (or the backend's choice) without stopping it."""
+        raise self._unsupported("live_migrate", Capability.LIVE_MIGRATE)
+
+    def cold_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        """Move a stopped instance to ``node`` (or the backend's choice)."""
+        raise self._unsupported("cold_migrate", Capability.COLD_MIGRATE)
+
+    def evacuate(self, instance_id: str, node: str, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        """Rebuild a stopped instance on ``node`` because its own node is down or leaving."""
+        raise self._unsupported("evacuate", Capability.EVACUATE)
+
+    def list_aggregates(self) -> list[Aggregate]:
+        raise self._unsupported("list_aggregates", Capability.AGGREGATES)
+
+    def set_high_availability(
+        self, instance_id: str, enabled: bool, *, priority: HAPriority = HAPriority.MEDIUM
+    ) -> HAState:
+        raise self._unsupported("set_high_availability", Capability.HIGH_AVAILABILITY)
+
+    def get_high_availability(self, instance_id: str) -> HAState:
+        raise self._unsupported("get_high_availability", Capability.HIGH_AVAILABILITY)
+
+    def failover(self, instance_id: str, node: str | None = None) -> HAState:
+        """Move an HA instance's ownership to another node (HA_FAILOVER)."""
+        raise self._unsupported("failover", Capability.HA_FAILOVER)
+
+    def list_unmanaged(self) -> list[InstanceInfo]:
+        """Instances that exist on the backend but were not created by virtdrivers (ADOPT)."""
+        raise self._unsupported("list_unmanaged", Capability.ADOPT)
+
+    def adopt(self, instance_id: str) -> InstanceInfo:
+        """Take an existing instance under management, intact and without a restart (ADOPT)."""
+        raise self._unsupported("adopt", Capability.ADOPT)
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        """Deliver lifecycle events to ``callback`` from a driver thread until closed (EVENTS)."""
+        raise self._unsupported("subscribe", Capability.EVENTS)

@@ -1,0 +1,612 @@
+"""The in-memory reference driver. See :mod:`virtdrivers.fake`."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+import virtdrivers
+from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.driver import (
+    Driver,
+    DriverSettings,
+    EmbeddedEndpoint,
+    EventCallback,
+    ProgressCallback,
+    Subscription,
+)
+from virtdrivers.errors import BackendUnavailable, Conflict, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.objects import (
+    Aggregate,
+    BackendInfo,
+    DiskInfo,
+    DiskSpec,
+    EventType,
+    HAPriority,
+    HAState,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    LifecycleEvent,
+    NodeInfo,
+    PowerState,
+    SnapshotInfo,
+)
+
+MANAGED_KEY = "virtdrivers.managed"
+
+
+class FakeSettings(DriverSettings):
+    backend: str | None = Field(default=None, max_length=128)
+    """Name of a shared in-memory backend; None gives this driver a private one."""
+    nodes: int = Field(default=2, ge=1, le=64)
+    node_vcpus: int = Field(default=64, ge=1)
+    node_memory_mb: int = Field(default=256 * 1024, ge=64)
+    node_disk_gib: int = Field(default=10 * 1024, ge=1)
+    unmanaged: int = Field(default=0, ge=0, le=10_000)
+    """Pre-existing instances created "outside" virtdrivers, for adoption."""
+
+
+@dataclass
+class _Disk:
+    id: str
+    size_gib: int
+    format: DiskFormat
+    thin: bool
+    label: str | None
+
+    def info(self) -> DiskInfo:
+        return DiskInfo(id=self.id, size_gib=self.size_gib, format=self.format, thin=self.thin, label=self.label)
+
+
+@dataclass
+class _Snapshot:
+    id: str
+    name: str
+    created_at: datetime.datetime
+    with_memory: bool
+    image: _Instance
+
+
+@dataclass
+class _Instance:
+    id: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    node: str
+    power_state: PowerState = PowerState.SHUTDOWN
+    disks: list[_Disk] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    managed: bool = True
+    ha_enabled: bool = False
+    ha_priority: HAPriority = HAPriority.MEDIUM
+    snapshots: dict[str, _Snapshot] = field(default_factory=dict)
+
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id,
+            name=self.name,
+            power_state=self.power_state,
+            vcpus=self.vcpus,
+            memory_mb=self.memory_mb,
+            node=self.node,
+            disks=tuple(d.info() for d in self.disks),
+            metadata=dict(self.metadata),
+            managed=self.managed,
+        )
+
+    def image(self) -> _Instance:
+        """A deep enough copy for a snapshot: disks and settings, not the snapshot tree."""
+        return replace(self, disks=[replace(d) for d in self.disks], metadata=dict(self.metadata), snapshots={})
+
+
+class _Backend:
+    """One in-memory hypervisor: nodes, instances and an event dispatcher."""
+
+    def __init__(self, settings: FakeSettings) -> None:
+        self.lock = threading.RLock()
+        self.nodes = {f"fake-node-{i + 1}": True for i in range(settings.nodes)}
+        self.settings = settings
+        self.instances: dict[str, _Instance] = {}
+        self.subscribers: dict[int, EventCallback] = {}
+        self._sub_ids = itertools.count(1)
+        self._events: queue.SimpleQueue[LifecycleEvent | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        nodes = list(self.nodes)
+        for i in range(settings.unmanaged):
+            inst = _Instance(
+                id=str(uuid.uuid4()),
+                name=f"pet-{i + 1}",
+                vcpus=2,
+                memory_mb=2048,
+                node=nodes[i % len(nodes)],
+                power_state=PowerState.RUNNING,
+                disks=[_Disk(str(uuid.uuid4()), 20, DiskFormat.QCOW2, True, "root")],
+                metadata={"owner": "ops"},
+                managed=False,
+            )
+            self.instances[inst.id] = inst
+
+    def emit(self, inst: _Instance, type_: EventType) -> None:
+        if not self.subscribers:
+            return
+        self._events.put(
+            LifecycleEvent(
+                instance_id=inst.id,
+                type=type_,
+                timestamp=datetime.datetime.now(datetime.UTC),
+                name=inst.name,
+                node=inst.node,
+            )
+        )
+
+    def add_subscriber(self, callback: EventCallback) -> int:
+        with self.lock:
+            sid = next(self._sub_ids)
+            self.subscribers[sid] = callback
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="fake-events", daemon=True)
+                self._dispatcher.start()
+            return sid
+
+    def remove_subscriber(self, sid: int) -> None:
+        with self.lock:
+            self.subscribers.pop(sid, None)
+
+    def _dispatch(self) -> None:
+        while (event := self._events.get()) is not None:
+            with self.lock:
+                callbacks = list(self.subscribers.values())
+            for callback in callbacks:
+                with contextlib.suppress(Exception):  # a subscriber's bug must not stop the others
+                    callback(event)
+
+
+_SHARED: dict[str, _Backend] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _memory_endpoint() -> Iterator[Mapping[str, Any]]:
+    name = f"embedded-{uuid.uuid4()}"
+    try:
+        yield {"backend": name, "unmanaged": 2}
+    finally:
+        with _SHARED_LOCK:
+            _SHARED.pop(name, None)
+
+
+class FakeDriver(Driver):
+    """A complete in-memory hypervisor with two nodes in one aggregate."""
+
+    name = "fake"
+    capabilities = frozenset(Capability)
+    settings_model = FakeSettings
+    default_disk_format: ClassVar[DiskFormat | None] = DiskFormat.QCOW2
+    settings: FakeSettings
+
+    @classmethod
+    def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        return (EmbeddedEndpoint("memory", "in-process memory backend", _memory_endpoint),)
+
+    def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._backend: _Backend | None = None
+        self._faults: dict[str, BaseException] = {}
+        self._subscriptions: set[Subscription] = set()
+
+    # -- test knobs ----------------------------------------------------------------------------
+
+    def inject_fault(self, op: str, error: BaseException) -> None:
+        """Make the next call of ``op`` (for example "create") raise ``error``."""
+        self._faults[op] = error
+
+    def fail_node(self, node: str, down: bool = True) -> None:
+        with self._b.lock:
+            self._node(node)
+            self._b.nodes[node] = not down
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _b(self) -> _Backend:
+        if self._backend is None:
+            raise BackendUnavailable("fake: not connected")
+        return self._backend
+
+    def _fault(self, op: str) -> None:
+        error = self._faults.pop(op, None)
+        if error is not None:
+            raise error
+
+    def _get(self, instance_id: str, *, managed_only: bool = True) -> _Instance:
+        inst = self._b.instances.get(instance_id)
+        if inst is None or (managed_only and not inst.managed):
+            raise InstanceNotFound(instance_id)
+        return inst
+
+    def _node(self, node: str) -> str:
+        if node not in self._b.nodes:
+            raise NotFound(f"node {node!r} not found")
+        return node
+
+    def _require(self, inst: _Instance, *states: PowerState) -> None:
+        if inst.power_state not in states:
+            wanted = " or ".join(s.value for s in states)
+            raise InvalidState(f"instance {inst.name!r} is {inst.power_state.value}, needs {wanted}")
+
+    def _set_power(self, inst: _Instance, state: PowerState, event: EventType) -> InstanceInfo:
+        inst.power_state = state
+        self._b.emit(inst, event)
+        return inst.info()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._backend is not None:
+            return
+        name = self.settings.backend
+        if name is None:
+            self._backend = _Backend(self.settings)
+            return
+        with _SHARED_LOCK:
+            backend = _SHARED.get(name)
+            if backend is None:
+                backend = _SHARED[name] = _Backend(self.settings)
+            self._backend = backend
+
+    def close(self) -> None:
+        for sub in list(self._subscriptions):
+            sub.close()
+        self._backend = None
+
+    def backend_info(self) -> BackendInfo:
+        return BackendInfo(
+            backend="fake",
+            backend_version=virtdrivers.__version__,
+            endpoint=f"memory:{self.settings.backend or 'private'}",
+            libraries={},
+        )
+
+    # -- mandatory core ------------------------------------------------------------------------
+
+    def list_instances(self) -> list[InstanceInfo]:
+        with self._b.lock:
+            return [i.info() for i in self._b.instances.values() if i.managed]
+
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            return self._get(instance_id).info()
+
+    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        report = progress or (lambda fraction, message: None)
+        with self._b.lock:
+            if any(i.name == spec.name for i in self._b.instances.values()):
+                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
+            node = self._node(spec.node) if spec.node else self._least_loaded()
+            inst = _Instance(
+                id=str(uuid.uuid4()),
+                name=spec.name,
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                node=node,
+                metadata=dict(spec.metadata),
+            )
+            self._b.instances[inst.id] = inst
+            try:
+                for n, disk in enumerate(spec.disks):
+                    report(n / max(len(spec.disks), 1) * 0.8, f"creating disk {n + 1} of {len(spec.disks)}")
+                    self._fault("create_disk")
+                    inst.disks.append(self._new_disk(disk))
+                self._fault("create")
+                self._b.emit(inst, EventType.CREATED)
+                if spec.start:
+                    self._set_power(inst, PowerState.RUNNING, EventType.STARTED)
+            except BaseException:
+                # Nothing half-made: the instance and the disks it got go away together.
+                del self._b.instances[inst.id]
+                raise
+            report(1.0, "created")
+            return inst.info()
+
+    def _new_disk(self, disk: DiskSpec) -> _Disk:
+        fmt = disk.format or self.default_disk_format or DiskFormat.QCOW2
+        return _Disk(str(uuid.uuid4()), disk.size_gib, fmt, disk.thin, disk.label)
+
+    def _least_loaded(self) -> str:
+        up = [n for n, ok in self._b.nodes.items() if ok]
+        if not up:
+            raise InvalidState("no node is up")
+        load = {n: 0 for n in up}
+        for inst in self._b.instances.values():
+            if inst.node in load:
+                load[inst.node] += inst.memory_mb
+        return min(up, key=lambda n: (load[n], n))
+
+    def destroy(self, instance_id: str) -> None:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._fault("destroy")
+            del self._b.instances[instance_id]
+            self._b.emit(inst, EventType.DESTROYED)
+
+    def power_on(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if inst.power_state == PowerState.RUNNING:
+                return inst.info()
+            self._require(inst, PowerState.SHUTDOWN, PowerState.CRASHED)
+            return self._set_power(inst, PowerState.RUNNING, EventType.STARTED)
+
+    def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if inst.power_state == PowerState.SHUTDOWN:
+                return inst.info()
+            ignores_acpi = inst.metadata.get("fake.ignore_acpi") == "true"
+            graceful = not force and timeout > 0 and inst.power_state == PowerState.RUNNING
+        if graceful and ignores_acpi:
+            time.sleep(min(timeout, 0.05))  # the guest "ignores" the request until the timeout
+        with self._b.lock:
+            inst = self._get(instance_id)
+            return self._set_power(inst, PowerState.SHUTDOWN, EventType.STOPPED)
+
+    def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if hard:
+                self._require(inst, PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED)
+            else:
+                self._require(inst, PowerState.RUNNING)
+            self._b.emit(inst, EventType.STOPPED)
+            return self._set_power(inst, PowerState.RUNNING, EventType.STARTED)
+
+    def list_nodes(self) -> list[NodeInfo]:
+        with self._b.lock:
+            return [
+                NodeInfo(name=n, hypervisor_type="fake", state="up" if ok else "down")
+                for n, ok in self._b.nodes.items()
+            ]
+
+    def host_resources(self, node: str | None = None) -> HostResources:
+        with self._b.lock:
+            node = self._node(node) if node else next(iter(self._b.nodes))
+            on_node = [i for i in self._b.instances.values() if i.node == node]
+            running = [i for i in on_node if i.power_state in (PowerState.RUNNING, PowerState.PAUSED)]
+            s = self.settings
+            return HostResources(
+                node=node,
+                vcpus_total=s.node_vcpus,
+                vcpus_used=sum(i.vcpus for i in running),
+                memory_mb_total=s.node_memory_mb,
+                memory_mb_used=sum(i.memory_mb for i in running),
+                disk_gib_total=s.node_disk_gib,
+                disk_gib_used=sum(d.size_gib for i in on_node for d in i.disks),
+                hypervisor_type="fake",
+                hypervisor_version=virtdrivers.__version__,
+            )
+
+    # -- power extras ---------------------------------------------------------------------------
+
+    def pause(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._require(inst, PowerState.RUNNING)
+            return self._set_power(inst, PowerState.PAUSED, EventType.PAUSED)
+
+    def unpause(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._require(inst, PowerState.PAUSED)
+            return self._set_power(inst, PowerState.RUNNING, EventType.RESUMED)
+
+    def suspend(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._require(inst, PowerState.RUNNING)
+            return self._set_power(inst, PowerState.SUSPENDED, EventType.SUSPENDED)
+
+    def resume(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._require(inst, PowerState.SUSPENDED)
+            return self._set_power(inst, PowerState.RUNNING, EventType.RESUMED)
+
+    def resize(self, instance_id: str, *, vcpus: int | None = None, memory_mb: int | None = None) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            inst.vcpus = vcpus if vcpus is not None else inst.vcpus
+            inst.memory_mb = memory_mb if memory_mb is not None else inst.memory_mb
+            return inst.info()
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if len(inst.disks) >= 16:
+                raise Conflict(f"instance {inst.name!r} has no free disk slot")
+            new = self._new_disk(disk)
+            inst.disks.append(new)
+            return new.info()
+
+    def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            for d in inst.disks:
+                if d.id == disk_id:
+                    inst.disks.remove(d)
+                    return
+            raise NotFound(f"disk {disk_id!r} not attached to {inst.name!r}")
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if any(s.name == name for s in inst.snapshots.values()):
+                raise Conflict(f"snapshot {name!r} exists already")
+            snap = _Snapshot(
+                str(uuid.uuid4()), name, datetime.datetime.now(datetime.UTC), with_memory, inst.image()
+            )
+            inst.snapshots[snap.id] = snap
+            return self._snap_info(inst, snap)
+
+    def _snap_info(self, inst: _Instance, snap: _Snapshot) -> SnapshotInfo:
+        return SnapshotInfo(
+            id=snap.id, name=snap.name, instance_id=inst.id, created_at=snap.created_at, with_memory=snap.with_memory
+        )
+
+    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            return [self._snap_info(inst, s) for s in inst.snapshots.values()]
+
+    def _snapshot(self, inst: _Instance, snapshot_id: str) -> _Snapshot:
+        snap = inst.snapshots.get(snapshot_id)
+        if snap is None:
+            raise NotFound(f"snapshot {snapshot_id!r} of {inst.name!r} not found")
+        return snap
+
+    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            image = self._snapshot(inst, snapshot_id).image
+            inst.vcpus, inst.memory_mb, inst.metadata = image.vcpus, image.memory_mb, dict(image.metadata)
+            inst.disks = [replace(d) for d in image.disks]
+            snap = inst.snapshots[snapshot_id]
+            # A disk-only snapshot comes back powered off, a memory snapshot as it was.
+            inst.power_state = image.power_state if snap.with_memory else PowerState.SHUTDOWN
+            return inst.info()
+
+    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._snapshot(inst, snapshot_id)
+            del inst.snapshots[snapshot_id]
+
+    # -- migration --------------------------------------------------------------------------------
+
+    def _move(
+        self, instance_id: str, node: str | None, progress: ProgressCallback | None, *states: PowerState
+    ) -> tuple[_Instance, str]:
+        inst = self._get(instance_id)
+        self._require(inst, *states)
+        if node is None:
+            candidates = [n for n, ok in self._b.nodes.items() if ok and n != inst.node]
+            if not candidates:
+                raise InvalidState("no other node is up")
+            node = candidates[0]
+        self._node(node)
+        if node == inst.node:
+            raise InvalidSpec(f"instance is on {node!r} already", field="node")
+        if not self._b.nodes[node]:
+            raise InvalidState(f"node {node!r} is down")
+        if progress:
+            progress(0.5, f"moving to {node}")
+        return inst, node
+
+    def live_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        with self._b.lock:
+            inst, target = self._move(instance_id, node, progress, PowerState.RUNNING)
+            inst.node = target
+            self._b.emit(inst, EventType.MIGRATED)
+            return inst.info()
+
+    def cold_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        with self._b.lock:
+            inst, target = self._move(instance_id, node, progress, PowerState.SHUTDOWN)
+            inst.node = target
+            self._b.emit(inst, EventType.MIGRATED)
+            return inst.info()
+
+    def evacuate(self, instance_id: str, node: str, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if self._b.nodes.get(inst.node) and inst.power_state != PowerState.SHUTDOWN:
+                raise InvalidState(f"node {inst.node!r} is up and {inst.name!r} is running: migrate it instead")
+            inst, target = self._move(instance_id, node, progress, *PowerState)
+            inst.node, inst.power_state = target, PowerState.SHUTDOWN
+            self._b.emit(inst, EventType.MIGRATED)
+            return inst.info()
+
+    # -- cluster ----------------------------------------------------------------------------------
+
+    def list_aggregates(self) -> list[Aggregate]:
+        with self._b.lock:
+            return [Aggregate(name="fake-cluster", hosts=tuple(self._b.nodes), metadata={"ha": "true"})]
+
+    def _ha(self, inst: _Instance) -> HAState:
+        return HAState(
+            instance_id=inst.id,
+            enabled=inst.ha_enabled,
+            priority=inst.ha_priority,
+            owner_node=inst.node,
+            state=("online" if inst.power_state == PowerState.RUNNING else "offline") if inst.ha_enabled else None,
+        )
+
+    def set_high_availability(
+        self, instance_id: str, enabled: bool, *, priority: HAPriority = HAPriority.MEDIUM
+    ) -> HAState:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            inst.ha_enabled, inst.ha_priority = enabled, HAPriority(priority)
+            return self._ha(inst)
+
+    def get_high_availability(self, instance_id: str) -> HAState:
+        with self._b.lock:
+            return self._ha(self._get(instance_id))
+
+    def failover(self, instance_id: str, node: str | None = None) -> HAState:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if not inst.ha_enabled:
+                raise InvalidState(f"{inst.name!r} is not highly available")
+            inst, target = self._move(instance_id, node, None, *PowerState)
+            inst.node = target
+            self._b.emit(inst, EventType.MIGRATED)
+            return self._ha(inst)
+
+    # -- pets -------------------------------------------------------------------------------------
+
+    def list_unmanaged(self) -> list[InstanceInfo]:
+        with self._b.lock:
+            return [i.info() for i in self._b.instances.values() if not i.managed]
+
+    def adopt(self, instance_id: str) -> InstanceInfo:
+        with self._b.lock:
+            inst = self._get(instance_id, managed_only=False)
+            if inst.managed:
+                raise InvalidState(f"{inst.name!r} is managed already")
+            inst.managed = True
+            return inst.info()
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        backend = self._b
+        sid = backend.add_subscriber(callback)
+
+        def unsubscribe() -> None:
+            backend.remove_subscriber(sid)
+            self._subscriptions.discard(sub)
+
+        sub = Subscription(unsubscribe)
+        self._subscriptions.add(sub)
+        return sub
+
