@@ -120,7 +120,8 @@ class EmbeddedEndpoint:
 
 
 def _formats_needed(disks: Sequence[DiskSpec], default: DiskFormat | None) -> set[Capability]:
-    return {Capability.for_disk_format(d.format or default) for d in disks if (d.format or default) is not None}
+    formats = {d.format or default for d in disks}
+    return {Capability.for_disk_format(f) for f in formats if f is not None}
 
 
 def _needs_create(self: Driver, args: dict[str, Any]) -> set[Capability]:
@@ -132,14 +133,18 @@ def _needs_attach(self: Driver, args: dict[str, Any]) -> set[Capability]:
     return {Capability.ATTACH_DISK} | _formats_needed([args["disk"]], self.default_disk_format)
 
 
+def _check_range(field: str, value: object, low: int, high: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSpec(f"must be an integer from {low} to {high}, got {value!r}", field=field)
+
+
 def _needs_resize(self: Driver, args: dict[str, Any]) -> set[Capability]:
     if args.get("vcpus") is None and args.get("memory_mb") is None:
         raise InvalidSpec("give vcpus, memory_mb or both", field="resize")
-    vcpus, memory_mb = args.get("vcpus"), args.get("memory_mb")
-    if vcpus is not None and not (isinstance(vcpus, int) and 1 <= vcpus <= MAX_VCPUS):
-        raise InvalidSpec(f"must be an integer from 1 to {MAX_VCPUS}", field="vcpus")
-    if memory_mb is not None and not (isinstance(memory_mb, int) and MIN_MEMORY_MB <= memory_mb <= MAX_MEMORY_MB):
-        raise InvalidSpec(f"must be an integer from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}", field="memory_mb")
+    _check_range("vcpus", args.get("vcpus"), 1, MAX_VCPUS)
+    _check_range("memory_mb", args.get("memory_mb"), MIN_MEMORY_MB, MAX_MEMORY_MB)
     needed = set()
     if args.get("vcpus") is not None:
         needed.add(Capability.RESIZE_CPU)
@@ -221,6 +226,7 @@ class Driver(ABC):
     - ``contract_version``: the contract ``MAJOR.MINOR`` it was written against.
     - ``settings_model``: a :class:`DriverSettings` subclass for its connection settings.
     - ``default_disk_format``: the format used when a :class:`DiskSpec` names none.
+    - ``unique_names``: whether the backend forbids duplicate instance names.
 
     Drivers are used as context managers (``with load("fake") as d: ...``) or with
     explicit :meth:`connect` and :meth:`close`. Instances are referred to by the
@@ -232,6 +238,8 @@ class Driver(ABC):
     contract_version: ClassVar[str] = str(CONTRACT_VERSION)
     settings_model: ClassVar[type[DriverSettings]] = DriverSettings
     default_disk_format: ClassVar[DiskFormat | None] = None
+    #: Whether the backend forbids two instances with one name (create then raises InvalidSpec on ``name``).
+    unique_names: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -118,7 +118,7 @@ def driver_class(name: str) -> type[Driver]:
     """The Driver class registered as ``name``, after contract negotiation."""
     failure: list[BaseException] = []
     try:
-        mgr = DriverManager(
+        mgr: DriverManager = DriverManager(
             NAMESPACE,
             name,
             invoke_on_load=False,
@@ -127,8 +127,8 @@ def driver_class(name: str) -> type[Driver]:
         )
     except NoMatches:
         if failure:
-            exc = failure[0]
-            raise PluginLoadError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            cause = failure[0]
+            raise PluginLoadError(f"plugin {name!r} failed to import: {type(cause).__name__}: {cause}") from cause
         available = ", ".join(sorted(_names())) or "none"
         raise DriverNotFound(f"no driver named {name!r} is installed (installed: {available})") from None
     except MultipleMatches as exc:
@@ -147,4 +147,3 @@ def load(name: str, /, **settings: Any) -> Driver:
     :class:`ContractMismatch`) or :class:`InvalidSpec` for bad settings.
     """
     return driver_class(name)(**settings)
-

@@ -101,6 +101,7 @@ class _Instance:
             vcpus=self.vcpus,
             memory_mb=self.memory_mb,
             node=self.node,
+            host=self.node,
             disks=tuple(d.info() for d in self.disks),
             metadata=dict(self.metadata),
             managed=self.managed,
@@ -457,9 +458,7 @@ class FakeDriver(Driver):
             inst = self._get(instance_id)
             if any(s.name == name for s in inst.snapshots.values()):
                 raise Conflict(f"snapshot {name!r} exists already")
-            snap = _Snapshot(
-                str(uuid.uuid4()), name, datetime.datetime.now(datetime.UTC), with_memory, inst.image()
-            )
+            snap = _Snapshot(str(uuid.uuid4()), name, datetime.datetime.now(datetime.UTC), with_memory, inst.image())
             inst.snapshots[snap.id] = snap
             return self._snap_info(inst, snap)
 
@@ -609,4 +608,3 @@ class FakeDriver(Driver):
         sub = Subscription(unsubscribe)
         self._subscriptions.add(sub)
         return sub
-

@@ -151,7 +151,7 @@ class InstanceInfo(VersionedObject):
     """What a driver reports about one instance."""
 
     VERSION = "1.1"
-    FIELD_SINCE = {"managed": "1.1"}
+    FIELD_SINCE = {"managed": "1.1", "host": "1.1"}
     CHILD_VERSIONS = {"disks": [("1.0", "1.0")]}
 
     id: str
@@ -160,6 +160,9 @@ class InstanceInfo(VersionedObject):
     vcpus: int = Field(ge=0)
     memory_mb: int = Field(ge=0)
     node: str | None = None
+    """The compute node it is scheduled on (a host, or a whole vSphere cluster)."""
+    host: str | None = None
+    """The physical host it runs on, where the backend tells; equals ``node`` on single-host nodes."""
     disks: tuple[DiskInfo, ...] = ()
     metadata: dict[str, str] = Field(default_factory=dict)
     managed: bool = True
