@@ -103,8 +103,8 @@ def list_drivers() -> list[DriverEntry]:
         dist, version = dists.get(ext.name, (None, None))
         try:
             cls = _check_contract(ext.name, ext.plugin)
-        except PluginLoadError as exc:
-            entries.append(DriverEntry(ext.name, ext.entry_point.value, dist, version, None, str(exc)))
+        except PluginLoadError as refused:
+            entries.append(DriverEntry(ext.name, ext.entry_point.value, dist, version, None, str(refused)))
             continue
         entries.append(DriverEntry(ext.name, ext.entry_point.value, dist, version, cls))
     for name, (ep, exc) in failures.items():
@@ -118,7 +118,7 @@ def driver_class(name: str) -> type[Driver]:
     """The Driver class registered as ``name``, after contract negotiation."""
     failure: list[BaseException] = []
     try:
-        mgr: DriverManager = DriverManager(
+        mgr: DriverManager[Any] = DriverManager(
             NAMESPACE,
             name,
             invoke_on_load=False,
