@@ -1,4 +1,364 @@
-"""placeholder"""
+"""The ``virtdrivers`` command.
+
+``drivers`` lists installed plugins, ``parity`` runs the conformance suite
+and writes the matrix, ``vm`` drives instances on a configured endpoint.
+Errors are one line (``error: <kind>: <message>``) and exit status 2; add
+``--debug`` for the traceback.
+
+Endpoints for ``vm`` come from ``--driver`` plus ``--setting KEY=VALUE``, or
+from a TOML file (``--config``, default ``$VIRTDRIVERS_CONFIG`` or
+``~/.config/virtdrivers/endpoints.toml``)::
+
+    [endpoints.lab]
+    driver = "libvirt"
+    uri = "qemu+tls://kvm1.lab/system"
+
+Secrets can be given as ``password_env = "NAME"``: any ``X_env`` key is read
+from that environment variable into setting ``X``, so files hold no secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from virtdrivers.driver import Driver
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def main() -> None: ...
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    from virtdrivers.errors import DriverError
+
+    kind = exc.code if isinstance(exc, DriverError) else type(exc).__name__
+    click.echo(f"error: {kind}: {exc}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns every error into one line, unless --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            _fail(exc, bool(ctx.find_root().params.get("debug")))
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="virtdrivers")
+def main(debug: bool) -> None:
+    """Drive any hypervisor through one interface."""
+
+
+# -- drivers ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def drivers(as_json: bool) -> None:
+    """List installed drivers, their versions and declared capabilities."""
+    from virtdrivers.loader import list_drivers
+
+    entries = list_drivers()
+    if as_json:
+        data = [
+            {
+                "name": e.name,
+                "distribution": e.distribution,
+                "version": e.version,
+                "contract_version": e.contract_version,
+                "capabilities": sorted(c.value for c in e.capabilities),
+                "endpoints": [ep.name for ep in e.driver_class.embedded_endpoints()] if e.driver_class else [],
+                "error": e.error,
+            }
+            for e in entries
+        ]
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="virtdrivers plugins", title_justify="left")
+    for col in ("driver", "distribution", "contract", "embedded endpoints", "capabilities"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        if e.driver_class is None:
+            table.add_row(e.name, f"{e.distribution or '?'} {e.version or ''}", "-", "-", f"[red]{e.error}[/]")
+            continue
+        endpoints = ", ".join(ep.name for ep in e.driver_class.embedded_endpoints()) or "-"
+        caps = ", ".join(sorted(c.value for c in e.capabilities)) or "-"
+        table.add_row(e.name, f"{e.distribution} {e.version}", e.contract_version, endpoints, caps)
+    Console().print(table)
+    if any(not e.ok for e in entries):
+        sys.exit(1)
+
+
+# -- parity ----------------------------------------------------------------------------------
+
+
+def _parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"want KEY=VALUE, got {pair!r}", param_hint="--setting")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return _resolve_env(settings)
+
+
+def _resolve_env(settings: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in settings.items():
+        if key.endswith("_env") and isinstance(value, str):
+            if value not in os.environ:
+                raise click.UsageError(f"setting {key} names environment variable {value!r}, which is not set")
+            out[key.removesuffix("_env")] = os.environ[value]
+        else:
+            out[key] = value
+    return out
+
+
+@main.command()
+@click.option("--driver", "driver_names", multiple=True, help="Only this driver (repeatable). Default: all.")
+@click.option("--endpoint", help="Only this embedded endpoint of the driver(s).")
+@click.option("--setting", "settings", multiple=True, help="KEY=VALUE: run on a real endpoint instead.")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("build/parity"), show_default=True)
+@click.option("--jobs", type=click.IntRange(1, 16), default=2, show_default=True, help="Columns run at once.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any cell fails or lies.")
+def parity(
+    driver_names: tuple[str, ...],
+    endpoint: str | None,
+    settings: tuple[str, ...],
+    output_dir: Path,
+    jobs: int,
+    strict: bool,
+) -> None:
+    """Run the conformance suite and write the feature-parity matrix (JSON, Markdown, HTML, text)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    try:
+        from virtdrivers_conformance.matrix import render_terminal, write_all
+        from virtdrivers_conformance.runner import Target, default_targets, run_parity
+    except ImportError as exc:
+        raise click.UsageError(f"parity needs the virtdrivers-conformance package ({exc})") from None
+
+    console = Console(stderr=True)
+    if settings:
+        if len(driver_names) != 1:
+            raise click.UsageError("--setting needs exactly one --driver")
+        targets = [Target(driver_names[0], endpoint or "configured", settings=_parse_settings(settings))]
+    else:
+        targets = default_targets(driver_names or None)
+        if endpoint:
+            targets = [t for t in targets if t.endpoint == endpoint]
+    if not targets:
+        raise click.UsageError("no driver to run")
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    ) as bar:
+        tasks = {t.id: bar.add_task(t.id, total=None, status="starting" if not t.error else "error") for t in targets}
+        counts: dict[str, dict[str, int]] = {t.id: {} for t in targets}
+
+        def on_event(target_id: str, event: dict[str, Any]) -> None:
+            task = tasks[target_id]
+            if "total" in event:
+                bar.update(task, total=event["total"])
+                return
+            seen = counts[target_id]
+            seen[event["outcome"]] = seen.get(event["outcome"], 0) + 1
+            status = " ".join(f"{k} {v}" for k, v in sorted(seen.items()))
+            bar.update(task, advance=1, status=status)
+
+        started = time.monotonic()
+        matrix = run_parity(targets, jobs=jobs, progress=on_event, workdir=output_dir / "logs")
+    paths = write_all(matrix, output_dir)
+    render_terminal(matrix, Console())
+    click.echo(f"parity matrix written in {time.monotonic() - started:.1f}s:", err=True)
+    for fmt, path in paths.items():
+        click.echo(f"  {fmt:<9} {path}", err=True)
+    bad = [c for c in matrix["cells"] if c["outcome"] in ("fails", "declared_but_fails")]
+    broken = [c for c in matrix["columns"] if c["error"]]
+    if strict and (bad or broken):
+        sys.exit(1)
+
+
+# -- vm --------------------------------------------------------------------------------------
+
+
+def _endpoint_options(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--driver", "driver_name", help="Driver entry-point name."),
+            click.option("--setting", "settings", multiple=True, help="KEY=VALUE driver setting (repeatable)."),
+            click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="Endpoints TOML file."),
+            click.option("--endpoint", "endpoint_name", help="Endpoint name in the config file."),
+            click.option("--embedded", is_flag=True, help="Start the driver's embedded endpoint for this command."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _config_endpoint(config: Path | None, name: str) -> tuple[str, dict[str, Any]]:
+    path = config or Path(
+        os.environ.get("VIRTDRIVERS_CONFIG", Path.home() / ".config" / "virtdrivers" / "endpoints.toml")
+    )
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise click.UsageError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    section = data.get("endpoints", {}).get(name)
+    if not isinstance(section, dict) or "driver" not in section:
+        raise click.UsageError(f"{path} has no [endpoints.{name}] with a driver")
+    settings = dict(section)
+    return str(settings.pop("driver")), _resolve_env(settings)
+
+
+@contextmanager
+def _open_driver(
+    driver_name: str | None,
+    settings: tuple[str, ...],
+    config: Path | None,
+    endpoint_name: str | None,
+    embedded: bool,
+) -> Iterator[Driver]:
+    from virtdrivers.loader import driver_class
+
+    if endpoint_name:
+        name, values = _config_endpoint(config, endpoint_name)
+    elif driver_name:
+        name, values = driver_name, _parse_settings(settings)
+    else:
+        raise click.UsageError("give --driver (with --setting) or --endpoint")
+    cls = driver_class(name)
+    if embedded:
+        endpoints = cls.embedded_endpoints()
+        if not endpoints:
+            raise click.UsageError(f"{name} has no embedded endpoint")
+        with endpoints[0].start() as started, cls(**{**started, **values}) as driver:
+            driver.narrow_capabilities(endpoints[0].unavailable)
+            yield driver
+        return
+    with cls(**values) as driver:
+        yield driver
+
+
+@main.group()
+def vm() -> None:
+    """Manage instances on one endpoint."""
+
+
+def _print_instances(infos: list[Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("name", "id", "state", "vcpus", "memory MiB", "node", "disks"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(i.name, i.id, i.power_state.value, str(i.vcpus), str(i.memory_mb), i.node or "-", str(len(i.disks)))
+    Console().print(table)
+
+
+@vm.command("list")
+@_endpoint_options
+@click.option("--json", "as_json", is_flag=True)
+def vm_list(as_json: bool, **endpoint: Any) -> None:
+    """List instances."""
+    with _open_driver(**endpoint) as driver:
+        _print_instances(driver.list_instances(), as_json)
+
+
+@vm.command("show")
+@_endpoint_options
+@click.argument("ref")
+def vm_show(ref: str, **endpoint: Any) -> None:
+    """Show one instance (by id or name) as JSON."""
+    with _open_driver(**endpoint) as driver:
+        click.echo(_find(driver, ref).model_dump_json(indent=2))
+
+
+def _find(driver: Driver, ref: str) -> Any:
+    from virtdrivers.errors import InstanceNotFound
+
+    try:
+        return driver.get_instance(ref)
+    except InstanceNotFound:
+        return driver.find_instance(ref)
+
+
+@vm.command("create")
+@_endpoint_options
+@click.argument("name")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mb", type=int, default=512, show_default=True, help="MiB.")
+@click.option("--disk", "disks", multiple=True, help="SIZE_GIB[:FORMAT], repeatable.")
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata, repeatable.")
+@click.option("--stopped", is_flag=True, help="Do not start it.")
+def vm_create(
+    name: str, vcpus: int, memory_mb: int, disks: tuple[str, ...], meta: tuple[str, ...], stopped: bool, **endpoint: Any
+) -> None:
+    """Create an instance."""
+    from virtdrivers.objects import InstanceSpec
+
+    disk_specs = []
+    for d in disks:
+        size, _, fmt = d.partition(":")
+        disk_specs.append({"size_gib": int(size) if size.isdigit() else size, **({"format": fmt} if fmt else {})})
+    metadata = dict(m.partition("=")[::2] for m in meta)
+    spec = InstanceSpec(
+        name=name, vcpus=vcpus, memory_mb=memory_mb, disks=disk_specs, metadata=metadata, start=not stopped
+    )
+    with _open_driver(**endpoint) as driver:
+        info = driver.create(spec, progress=lambda f, msg: click.echo(f"  {f:4.0%} {msg}", err=True))
+        click.echo(info.model_dump_json(indent=2))
+
+
+def _power_command(name: str, help_text: str, action: Callable[[Driver, str], Any]) -> None:
+    @vm.command(name, help=help_text)
+    @_endpoint_options
+    @click.argument("ref")
+    def command(ref: str, **endpoint: Any) -> None:
+        with _open_driver(**endpoint) as driver:
+            result = action(driver, _find(driver, ref).id)
+            click.echo(f"{ref}: {result.power_state.value}" if result is not None else f"{ref}: deleted")
+
+
+_power_command("start", "Power an instance on.", lambda d, i: d.power_on(i))
+_power_command("stop", "Shut an instance down gracefully (forced after 60 s).", lambda d, i: d.power_off(i))
+_power_command("delete", "Destroy an instance and its disks.", lambda d, i: d.destroy(i))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -95,7 +95,7 @@ def list_drivers() -> list[DriverEntry]:
         failures[ep.name] = (ep, exc)
 
     mgr = ExtensionManager(
-        NAMESPACE, invoke_on_load=False, on_load_failure_callback=on_failure, verify_requirements=False
+        NAMESPACE, invoke_on_load=False, on_load_failure_callback=on_failure
     )
     dists = _distributions()
     entries: list[DriverEntry] = []
@@ -123,7 +123,6 @@ def driver_class(name: str) -> type[Driver]:
             name,
             invoke_on_load=False,
             on_load_failure_callback=lambda _m, _ep, exc: failure.append(exc),
-            verify_requirements=False,
         )
     except NoMatches:
         if failure:

@@ -137,10 +137,19 @@ class VersionedObject(BaseModel):
     @classmethod
     def fingerprint(cls) -> str:
         """``VERSION-hash`` of the JSON schema: a schema change without a version bump shows here."""
-        schema = json.dumps(cls.model_json_schema(), sort_keys=True, separators=(",", ":"))
+        schema = json.dumps(_structure(cls.model_json_schema()), sort_keys=True, separators=(",", ":"))
         extra = json.dumps([cls.FIELD_SINCE, cls.CHILD_VERSIONS], sort_keys=True)
         digest = hashlib.sha256((schema + extra).encode()).hexdigest()[:16]
         return f"{cls.VERSION}-{digest}"
+
+
+def _structure(schema: Any) -> Any:
+    """The schema without prose (descriptions, titles): rewording a docstring is not a schema change."""
+    if isinstance(schema, dict):
+        return {k: _structure(v) for k, v in schema.items() if k not in ("description", "title")}
+    if isinstance(schema, list):
+        return [_structure(v) for v in schema]
+    return schema
 
 
 def _to_json(value: Any, child_version: str | None) -> Any:

@@ -1,0 +1,85 @@
+"""The rows of the parity matrix: every feature the suite checks.
+
+Mandatory features are the contract's core, which every driver must pass.
+Each optional capability is a feature of its own, with the capability's own
+one-line requirement as its description, so the matrix never drifts from the
+contract it measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from virtdrivers.capabilities import AREAS, Capability
+
+__all__ = ["FEATURES", "Feature"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    id: str
+    area: str
+    title: str
+    doc: str
+    capability: Capability | None = None
+
+    @property
+    def mandatory(self) -> bool:
+        return self.capability is None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "area": self.area,
+            "title": self.title,
+            "doc": self.doc,
+            "capability": self.capability.value if self.capability else None,
+            "mandatory": self.mandatory,
+        }
+
+
+_MANDATORY = [
+    Feature("connect", "lifecycle", "Connect and close", "Connect, report the backend and versions, close; twice."),
+    Feature("validation", "lifecycle", "Input validation", "Refuse bad specs with InvalidSpec before any backend call."),
+    Feature("create", "lifecycle", "Create", "Create an instance running or stopped, with the asked vCPUs, memory, disks."),
+    Feature("unique_names", "lifecycle", "Duplicate names", "Refuse a duplicate name where the backend forbids it."),
+    Feature("metadata", "lifecycle", "Metadata", "Keep the key/value metadata given at create."),
+    Feature("list", "lifecycle", "Bulk list", "List every instance with name, id, power state, vCPUs, memory and node."),
+    Feature("get", "lifecycle", "Get one", "Get an instance by id; InstanceNotFound for an unknown id."),
+    Feature("destroy", "lifecycle", "Destroy", "Destroy a running instance and everything it owns."),
+    Feature("power", "power", "Power on / off", "Power off at once and power on again."),
+    Feature("graceful_shutdown", "power", "Graceful shutdown", "Shut down gracefully, forcing off after the timeout."),
+    Feature("reboot", "power", "Reboot", "Soft and hard reboot leave the instance running."),
+    Feature("nodes", "cluster", "Nodes", "List compute nodes; instances name a listed node."),
+    Feature("host_resources", "cluster", "Host resources", "Report capacity and use of a node."),
+]
+
+_TITLES = {
+    Capability.PAUSE: "Pause / unpause",
+    Capability.SUSPEND: "Suspend / resume",
+    Capability.RESIZE_CPU: "Resize vCPUs",
+    Capability.RESIZE_MEMORY: "Resize memory",
+    Capability.ATTACH_DISK: "Attach disk",
+    Capability.DETACH_DISK: "Detach disk",
+    Capability.SNAPSHOT: "Snapshots",
+    Capability.SNAPSHOT_MEMORY: "Memory snapshots",
+    Capability.LIVE_MIGRATE: "Live migration",
+    Capability.COLD_MIGRATE: "Cold migration",
+    Capability.EVACUATE: "Evacuate",
+    Capability.AGGREGATES: "Aggregates",
+    Capability.HIGH_AVAILABILITY: "High availability",
+    Capability.HA_FAILOVER: "HA failover",
+    Capability.ADOPT: "Adopt existing VMs",
+    Capability.EVENTS: "Lifecycle events",
+    Capability.DISK_RAW: "raw disks",
+    Capability.DISK_QCOW2: "qcow2 disks",
+    Capability.DISK_VMDK: "vmdk disks",
+    Capability.DISK_VHDX: "vhdx disks",
+}
+
+_OPTIONAL = [Feature(c.value, c.area, _TITLES[c], c.doc, c) for c in Capability]
+
+#: Every feature, in matrix order: by area (as AREAS orders them), then as declared here.
+FEATURES: dict[str, Feature] = {
+    f.id: f for f in sorted(_MANDATORY + _OPTIONAL, key=lambda f: list(AREAS).index(f.area))
+}

@@ -1,0 +1,116 @@
+"""Fixtures a driver under test provides, fsspec-style.
+
+A vendor gets the whole suite by subclassing :class:`ConformanceSuite` (which
+inherits every test class) and overriding one fixture, ``driver``::
+
+    import pytest, virtdrivers
+    from virtdrivers_conformance.suite import ConformanceSuite
+
+    class TestAcme(ConformanceSuite):
+        @pytest.fixture(scope="class")
+        @classmethod
+        def driver(cls):
+            with virtdrivers.load("acme", url="https://lab-vc:443", user="ci") as d:
+                yield d
+
+Tests name the feature they check with ``@feature("pause")``. When the driver
+does not declare a test's capability the test still runs, with the capability
+guard lifted (:meth:`Driver.probing`): a failure is then reported as a skip
+("not declared") and a pass as "not declared but works".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from virtdrivers import Driver, InstanceInfo, InstanceSpec, NotFound
+from virtdrivers_conformance.features import FEATURES
+
+__all__ = ["PROBED_KEY", "DriverFixtures", "feature", "unique_name"]
+
+#: ``item.stash`` key holding the undeclared capability a test ran as a probe of.
+PROBED_KEY = pytest.StashKey[str]()
+
+MakeInstance = Callable[..., InstanceInfo]
+
+
+def feature(feature_id: str) -> pytest.MarkDecorator:
+    """Mark a test as evidence for one feature (a row of the parity matrix)."""
+    if feature_id not in FEATURES:
+        raise ValueError(f"unknown feature {feature_id!r}")
+    return pytest.mark.vd_feature(feature_id)
+
+
+def unique_name(prefix: str = "vdc") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class DriverFixtures:
+    """What a driver under test must provide, and the knobs it may turn."""
+
+    #: Seconds a graceful shutdown may take before the driver must force it.
+    graceful_timeout: float = 5.0
+    #: Seconds to wait for a lifecycle event to arrive.
+    event_timeout: float = 30.0
+    #: Size of the instances the suite creates: small, so real hypervisors stay fast.
+    instance_vcpus: int = 1
+    instance_memory_mb: int = 128
+    disk_gib: int = 1
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def driver(cls) -> Iterator[Driver]:
+        """Override: yield a connected driver for the endpoint under test."""
+        pytest.fail("the conformance suite needs a `driver` fixture: subclass ConformanceSuite and provide it")
+        yield  # pragma: no cover
+
+    @pytest.fixture(autouse=True)
+    def _capability_gate(self, request: pytest.FixtureRequest, driver: Driver) -> Iterator[None]:
+        marker = request.node.get_closest_marker("vd_feature")
+        if marker is None:
+            yield
+            return
+        feat = FEATURES[marker.args[0]]
+        if feat.capability is None or driver.supports(feat.capability):
+            yield
+            return
+        request.node.stash[PROBED_KEY] = feat.capability.value
+        with driver.probing():
+            yield
+
+    @pytest.fixture
+    def make_instance(self, driver: Driver) -> Iterator[MakeInstance]:
+        """Create instances that are destroyed after the test, whatever happens."""
+        made: list[str] = []
+
+        def make(**overrides: Any) -> InstanceInfo:
+            fields: dict[str, Any] = {
+                "name": unique_name(),
+                "vcpus": self.instance_vcpus,
+                "memory_mb": self.instance_memory_mb,
+                "disks": [{"size_gib": self.disk_gib}],
+                "start": True,
+            }
+            fields.update(overrides)
+            info = driver.create(InstanceSpec(**fields))
+            made.append(info.id)
+            return info
+
+        yield make
+        for instance_id in reversed(made):
+            with contextlib.suppress(NotFound):
+                driver.destroy(instance_id)
+
+    @pytest.fixture
+    def instance(self, make_instance: MakeInstance) -> InstanceInfo:
+        """A running instance with one disk in the driver's default format."""
+        return make_instance()
+
+    @pytest.fixture
+    def stopped_instance(self, make_instance: MakeInstance) -> InstanceInfo:
+        return make_instance(start=False)
