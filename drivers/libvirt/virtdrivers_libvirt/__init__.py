@@ -1,1 +1,0 @@
-"""libvirt backend for virtdrivers."""
