@@ -115,7 +115,9 @@ def test_mappings_are_validated_into_objects_before_the_backend() -> None:
     assert driver.calls == []
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"vcpus": 0}, "vcpus"), ({"memory_mb": 1}, "memory_mb"), ({}, "resize")])
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"vcpus": 0}, "vcpus"), ({"memory_mb": 1}, "memory_mb"), ({}, "resize")]
+)
 def test_resize_arguments_are_validated(fake: FakeDriver, kwargs: dict[str, int], field: str) -> None:
     info = fake.create(InstanceSpec(name="a", vcpus=1, memory_mb=64))
     with pytest.raises(InvalidSpec) as err:

@@ -22,7 +22,9 @@ FINGERPRINTS = Path(__file__).with_name("object_fingerprints.json")
 def test_every_object_schema_matches_its_recorded_fingerprint() -> None:
     """A schema change without a version bump fails here, naming the object to bump."""
     recorded: dict[str, str] = json.loads(FINGERPRINTS.read_text())
-    current = {name: cls.fingerprint() for name, cls in object_registry.items() if cls.__module__.startswith("virtdrivers.")}
+    current = {
+        name: cls.fingerprint() for name, cls in object_registry.items() if cls.__module__.startswith("virtdrivers.")
+    }
     problems = []
     for name, fingerprint in sorted(current.items()):
         old = recorded.get(name)
@@ -114,7 +116,9 @@ def test_make_compatible_hook_translates_fields() -> None:
 
 
 def test_instance_info_backport_drops_managed_and_host() -> None:
-    info = InstanceInfo(id="i", name="n", power_state=PowerState.RUNNING, vcpus=1, memory_mb=64, host="h", managed=False)
+    info = InstanceInfo(
+        id="i", name="n", power_state=PowerState.RUNNING, vcpus=1, memory_mb=64, host="h", managed=False
+    )
     data = info.to_primitive("1.0")["vd_object.data"]
     assert "managed" not in data
     assert "host" not in data

@@ -90,7 +90,7 @@ def drivers(as_json: bool) -> None:
             for e in entries
         ]
         click.echo(json.dumps(data, indent=2))
-        return
+        sys.exit(1 if any(not e.ok for e in entries) else 0)
     from rich.console import Console
     from rich.table import Table
 
@@ -287,7 +287,9 @@ def _print_instances(infos: list[Any], as_json: bool) -> None:
     for col in ("name", "id", "state", "vcpus", "memory MiB", "node", "disks"):
         table.add_column(col)
     for i in infos:
-        table.add_row(i.name, i.id, i.power_state.value, str(i.vcpus), str(i.memory_mb), i.node or "-", str(len(i.disks)))
+        table.add_row(
+            i.name, i.id, i.power_state.value, str(i.vcpus), str(i.memory_mb), i.node or "-", str(len(i.disks))
+        )
     Console().print(table)
 
 

@@ -94,9 +94,7 @@ def list_drivers() -> list[DriverEntry]:
     def on_failure(_mgr: Any, ep: Any, exc: BaseException) -> None:
         failures[ep.name] = (ep, exc)
 
-    mgr = ExtensionManager(
-        NAMESPACE, invoke_on_load=False, on_load_failure_callback=on_failure
-    )
+    mgr = ExtensionManager(NAMESPACE, invoke_on_load=False, on_load_failure_callback=on_failure)
     dists = _distributions()
     entries: list[DriverEntry] = []
     for ext in mgr.extensions:

@@ -40,11 +40,17 @@ class Feature:
 
 _MANDATORY = [
     Feature("connect", "lifecycle", "Connect and close", "Connect, report the backend and versions, close; twice."),
-    Feature("validation", "lifecycle", "Input validation", "Refuse bad specs with InvalidSpec before any backend call."),
-    Feature("create", "lifecycle", "Create", "Create an instance running or stopped, with the asked vCPUs, memory, disks."),
+    Feature(
+        "validation", "lifecycle", "Input validation", "Refuse bad specs with InvalidSpec before any backend call."
+    ),
+    Feature(
+        "create", "lifecycle", "Create", "Create an instance running or stopped, with the asked vCPUs, memory, disks."
+    ),
     Feature("unique_names", "lifecycle", "Duplicate names", "Refuse a duplicate name where the backend forbids it."),
     Feature("metadata", "lifecycle", "Metadata", "Keep the key/value metadata given at create."),
-    Feature("list", "lifecycle", "Bulk list", "List every instance with name, id, power state, vCPUs, memory and node."),
+    Feature(
+        "list", "lifecycle", "Bulk list", "List every instance with name, id, power state, vCPUs, memory and node."
+    ),
     Feature("get", "lifecycle", "Get one", "Get an instance by id; InstanceNotFound for an unknown id."),
     Feature("destroy", "lifecycle", "Destroy", "Destroy a running instance and everything it owns."),
     Feature("power", "power", "Power on / off", "Power off at once and power on again."),

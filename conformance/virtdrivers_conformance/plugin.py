@@ -183,7 +183,7 @@ class ConformanceSession:
             # A teardown failure after a passed call turns that result into a failure.
             for result in self.results:
                 if result["id"] == report.nodeid and result["outcome"] == "passed":
-                    result.update(outcome="failed", message=self._redact(f"teardown: {props.get('vd_message')}"))
+                    result.update(outcome="failed", message=self._redact(f"teardown: {props.get('vd_message')!s}"))
             return
         message = props.get("vd_message")
         if report.skipped and isinstance(report.longrepr, tuple):
@@ -193,7 +193,7 @@ class ConformanceSession:
             "feature": props.get("vd_feature"),
             "outcome": report.outcome,
             "probed": bool(props.get("vd_probed")),
-            "message": self._redact(message) if message else None,
+            "message": self._redact(str(message)) if message else None,
             "duration_s": round(report.duration, 3),
         }
         self.results.append(result)
@@ -201,7 +201,9 @@ class ConformanceSession:
             self._emit({"test": result["id"], "outcome": result["outcome"]})
 
     def _redact(self, text: str) -> str:
-        secrets = [str(v.get_secret_value()) if hasattr(v, "get_secret_value") else None for v in self.settings.values()]
+        secrets = [
+            str(v.get_secret_value()) if hasattr(v, "get_secret_value") else None for v in self.settings.values()
+        ]
         secrets += [str(v) for k, v in self.settings.items() if "password" in k or "secret" in k or "token" in k]
         return redact(text, secrets)[:4000]
 

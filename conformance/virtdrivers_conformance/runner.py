@@ -18,6 +18,7 @@ outcome                    when
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -149,7 +150,9 @@ def run_target(
             result = json.loads(redact(json.dumps(result), [s for s in secrets if len(s) >= 4]))
     else:
         tail = log.read_text()[-2000:] if log.exists() else ""
-        result = {"column": {"driver": target.driver, "error": f"suite did not report (exit {proc.returncode}): {tail}"}}
+        result = {
+            "column": {"driver": target.driver, "error": f"suite did not report (exit {proc.returncode}): {tail}"}
+        }
         result["tests"] = []
     result["column"].setdefault("endpoint", target.endpoint or "configured")
     result["column"].setdefault("endpoint_description", target.description)
@@ -159,10 +162,8 @@ def run_target(
 
 
 def _end_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def cell_outcome(mandatory: bool, declared: bool, tests: Iterable[dict[str, Any]]) -> str | None:
@@ -221,9 +222,7 @@ def build_matrix(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any
             outcome = cell_outcome(feat.mandatory, is_declared, tests)
             if outcome is None:
                 continue
-            failing = [t for t in tests if t["outcome"] == "failed"] or [
-                t for t in tests if t["outcome"] == "skipped"
-            ]
+            failing = [t for t in tests if t["outcome"] == "failed"] or [t for t in tests if t["outcome"] == "skipped"]
             message = failing[0]["message"] if failing and outcome != "passes" else None
             cells.append(
                 {

@@ -64,10 +64,9 @@ class DriverFixtures:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def driver(cls) -> Iterator[Driver]:
+    def driver(cls) -> Driver:
         """Override: yield a connected driver for the endpoint under test."""
         pytest.fail("the conformance suite needs a `driver` fixture: subclass ConformanceSuite and provide it")
-        yield  # pragma: no cover
 
     @pytest.fixture(autouse=True)
     def _capability_gate(self, request: pytest.FixtureRequest, driver: Driver) -> Iterator[None]:
