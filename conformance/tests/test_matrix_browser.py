@@ -6,17 +6,15 @@ browser test would hide exactly the regressions only a browser shows.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import matrix_sample as sample  # registered by conftest.py
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
@@ -31,21 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "build" / "artifacts" / "parity-matrix.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _sibling(name: str) -> ModuleType:
-    """The test tree runs under ``--import-mode=importlib``, so helpers beside the tests are loaded by path."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-sample = _sibling("matrix_sample")
 
 
 def _tool(path: str) -> str:

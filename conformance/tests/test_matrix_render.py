@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
+import matrix_sample as sample  # registered by conftest.py
 import pytest
 from rich.console import Console
 from virtdrivers_conformance.matrix import OUTCOMES, SCHEMA_PATH, render_text, validate, write_all
 from virtdrivers_conformance.matrix.html import render_html
 from virtdrivers_conformance.matrix.markdown import escape, fenced, render_markdown
 from virtdrivers_conformance.matrix.terminal import render_terminal
-
-
-def _sibling(name: str) -> ModuleType:
-    """The test tree runs under ``--import-mode=importlib``, so helpers beside the tests are loaded by path."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-sample = _sibling("matrix_sample")
 
 
 @pytest.fixture
