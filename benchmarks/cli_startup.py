@@ -28,10 +28,15 @@ def median_wall(cmd: list[str], runs: int) -> float:
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-    exe = shutil.which("virtdrivers") or sys.executable
+    exe = [sys.executable, "-m", "virtdrivers.cli"]
+    if installed := shutil.which("virtdrivers"):
+        exe = [installed]
+    check = subprocess.run([*exe, "drivers", "--json"], capture_output=True, text=True, check=False)
+    if check.returncode not in (0, 1) or not check.stdout.startswith("["):
+        sys.exit(f"virtdrivers drivers did not answer: {check.stderr.strip()}")
     base = median_wall([sys.executable, "-c", "pass"], runs)
-    drivers = median_wall([exe, "drivers", "--json"], runs)
-    table = median_wall([exe, "drivers"], runs)
+    drivers = median_wall([*exe, "drivers", "--json"], runs)
+    table = median_wall([*exe, "drivers"], runs)
     print(f"runs per command:              {runs}")
     print(f"python -c pass:                {base * 1000:7.1f} ms")
     print(f"virtdrivers drivers --json:    {drivers * 1000:7.1f} ms  ({drivers / base:.1f}x bare python)")
