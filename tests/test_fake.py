@@ -7,11 +7,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from virtdrivers_conformance.suite import ConformanceSuite
 
 from virtdrivers import BackendUnavailable, EventType, InstanceSpec, LifecycleEvent, PowerState
 from virtdrivers.driver import Driver
 from virtdrivers.fake import FakeDriver
+from virtdrivers_conformance.suite import ConformanceSuite
 
 
 class TestFakeConformance(ConformanceSuite):

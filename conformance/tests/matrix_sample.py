@@ -12,9 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from virtdrivers_conformance.features import FEATURES
-
 from virtdrivers.capabilities import AREAS
+from virtdrivers_conformance.features import FEATURES
 
 SCRIPT = "<script>alert(1)</script>"
 HOSTILE = f'{SCRIPT} & "quoted" | piped [bold red]not markup[/] `tick`'

@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+
 from virtdrivers_conformance.matrix import OUTCOMES, write_all
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import jsonschema
 import matrix_sample as sample  # registered by conftest.py
 import pytest
 from rich.console import Console
+
 from virtdrivers_conformance.matrix import OUTCOMES, SCHEMA_PATH, render_text, validate, write_all
 from virtdrivers_conformance.matrix.html import render_html
 from virtdrivers_conformance.matrix.markdown import escape, fenced, render_markdown

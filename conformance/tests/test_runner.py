@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from virtdrivers_conformance.features import FEATURES
 from virtdrivers_conformance.matrix import validate
 from virtdrivers_conformance.runner import Target, build_matrix, cell_outcome, default_targets
