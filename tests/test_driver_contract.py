@@ -175,3 +175,19 @@ def test_redact_removes_common_secret_shapes() -> None:
     for secret in ("s3cret", "tok123", "dXNlcjpwYXNz"):
         assert secret not in out
     assert "vc.lab" in out
+
+
+def test_backend_name_rule_is_checked_before_the_backend() -> None:
+    class Strict(MinimalDriver):
+        name = "strict"
+        name_pattern = r"[A-Za-z0-9_.-]+"
+        name_rule = "may contain only letters, digits, '_', '-' and '.'"
+
+    driver = Strict()
+    with pytest.raises(InvalidSpec) as err:
+        driver.create(InstanceSpec(name="has space", vcpus=1, memory_mb=64))
+    assert err.value.field == "name"
+    assert "only letters" in str(err.value)
+    assert driver.calls == []
+    driver.create(InstanceSpec(name="ok_name-1.2", vcpus=1, memory_mb=64))
+    assert driver.calls == ["create"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -126,6 +127,7 @@ def _formats_needed(disks: Sequence[DiskSpec], default: DiskFormat | None) -> se
 
 def _needs_create(self: Driver, args: dict[str, Any]) -> set[Capability]:
     spec = args["spec"]
+    self.check_name(spec.name)
     return _formats_needed(spec.disks, self.default_disk_format)
 
 
@@ -227,6 +229,7 @@ class Driver(ABC):
     - ``settings_model``: a :class:`DriverSettings` subclass for its connection settings.
     - ``default_disk_format``: the format used when a :class:`DiskSpec` names none.
     - ``unique_names``: whether the backend forbids duplicate instance names.
+    - ``name_pattern`` / ``name_rule``: a backend's own rule for instance names, if stricter.
 
     Drivers are used as context managers (``with load("fake") as d: ...``) or with
     explicit :meth:`connect` and :meth:`close`. Instances are referred to by the
@@ -240,6 +243,11 @@ class Driver(ABC):
     default_disk_format: ClassVar[DiskFormat | None] = None
     #: Whether the backend forbids two instances with one name (create then raises InvalidSpec on ``name``).
     unique_names: ClassVar[bool] = True
+    #: A regular expression every instance name must match in full on this backend, beyond the
+    #: contract's own rules (for example oVirt's letters, digits, '_', '-' and '.'); None for no more.
+    name_pattern: ClassVar[str | None] = None
+    #: How to say ``name_pattern`` to a person, for the InvalidSpec message.
+    name_rule: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -280,6 +288,12 @@ class Driver(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.settings.redacted()}>"
+
+    def check_name(self, name: str) -> None:
+        """Refuse, before any backend call, a name this backend would refuse."""
+        if self.name_pattern is not None and re.fullmatch(self.name_pattern, name) is None:
+            rule = self.name_rule or f"must match {self.name_pattern}"
+            raise InvalidSpec(f"{self.name} instance names {rule}", field="name")
 
     # -- capabilities and probing ---------------------------------------------------------
 

@@ -9,6 +9,7 @@ afterwards), not just that a call returned.
 from __future__ import annotations
 
 import queue
+import re
 import time
 
 import pytest
@@ -111,8 +112,18 @@ class TestLifecycle(DriverFixtures):
         assert driver.get_instance(info.id).power_state == PowerState.SHUTDOWN
 
     @feature("create")
-    def test_hostile_name_is_kept_verbatim(self, driver: Driver, make_instance: MakeInstance) -> None:
+    def test_hostile_name_is_kept_verbatim_or_refused_up_front(
+        self, driver: Driver, make_instance: MakeInstance
+    ) -> None:
+        """Quotes, markup and shell syntax must never change what reaches the backend."""
         name = f"vdc <a&b> 'q' \"d\" $(x) ;`y` é {unique_name('n')[-6:]}"
+        if driver.name_pattern is not None and re.fullmatch(driver.name_pattern, name) is None:
+            before = {i.id for i in driver.list_instances()}
+            with pytest.raises(InvalidSpec) as err:
+                make_instance(name=name, start=False, disks=[])
+            assert err.value.field == "name"
+            assert {i.id for i in driver.list_instances()} == before
+            return
         info = make_instance(name=name, start=False, disks=[])
         assert driver.get_instance(info.id).name == name
         assert driver.find_instance(name).id == info.id
