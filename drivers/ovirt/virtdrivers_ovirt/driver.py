@@ -1,0 +1,773 @@
+"""The oVirt driver: pet VMs on an oVirt / RHV engine through ``ovirtsdk4``.
+
+Thin on purpose: session handling lives in :mod:`virtdrivers_ovirt.session`, the
+translation of objects in :mod:`virtdrivers_ovirt.mapping`. Every asynchronous
+engine operation is sent with a correlation id and awaited by state (and job) with
+the configured timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.driver import Driver, EmbeddedEndpoint, EventCallback, ProgressCallback, Subscription
+from virtdrivers.errors import (
+    BackendUnavailable,
+    Conflict,
+    DriverError,
+    InstanceNotFound,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    Timeout,
+)
+from virtdrivers.objects import (
+    Aggregate,
+    BackendInfo,
+    DiskInfo,
+    DiskSpec,
+    HAPriority,
+    HAState,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    NodeInfo,
+    PowerState,
+    SnapshotInfo,
+)
+from virtdrivers_ovirt import mapping
+from virtdrivers_ovirt.events import StatusPoller
+from virtdrivers_ovirt.session import OvirtSettings, Session, wait_until
+
+#: Placement affinities the engine knows, for :meth:`OvirtDriver.set_placement`.
+AFFINITIES = ("migratable", "pinned", "user_migratable")
+
+
+@contextlib.contextmanager
+def _simulator_endpoint() -> Iterator[Mapping[str, Any]]:
+    """Start the bundled simulator as a child process on a free port; stop exactly that process."""
+    scratch = tempfile.mkdtemp(prefix="vd-ovirt-sim-")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "virtdrivers_ovirt.simulator", "--port", "0", "--pets", "2", "--state-dir", scratch],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise BackendUnavailable(f"ovirt simulator exited with status {proc.wait(timeout=10)}")
+        yield json.loads(line)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class OvirtDriver(Driver):
+    """Pet VMs on oVirt: adopt, HA, placement, live migration, snapshots with memory, disks."""
+
+    name = "ovirt"
+    capabilities = frozenset(
+        {
+            Capability.SUSPEND,
+            Capability.RESIZE_CPU,
+            Capability.RESIZE_MEMORY,
+            Capability.ATTACH_DISK,
+            Capability.DETACH_DISK,
+            Capability.SNAPSHOT,
+            Capability.SNAPSHOT_MEMORY,
+            Capability.LIVE_MIGRATE,
+            Capability.AGGREGATES,
+            Capability.HIGH_AVAILABILITY,
+            Capability.HA_FAILOVER,
+            Capability.ADOPT,
+            Capability.EVENTS,
+            Capability.DISK_QCOW2,
+            Capability.DISK_RAW,
+        }
+    )
+    settings_model = OvirtSettings
+    default_disk_format: ClassVar[DiskFormat | None] = DiskFormat.QCOW2
+    # The engine refuses other characters in VM names ("Only lower-case and upper-case letters,
+    # numbers, '_', '-', '.' are allowed"); \w also admits non-ASCII letters, as the engine does.
+    name_pattern = r"[\w.-]+"
+    name_rule = "may contain only letters, numbers, '_', '-' and '.'"
+    settings: OvirtSettings
+
+    @classmethod
+    def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        return (
+            EmbeddedEndpoint(
+                "simulator",
+                "bundled oVirt REST API simulator (HTTPS on 127.0.0.1, real ovirtsdk4 client)",
+                _simulator_endpoint,
+            ),
+        )
+
+    def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._session = Session(self.settings)
+        self._hosts: dict[str, str] = {}
+        self._cluster: str | None = None
+        self._storage_domain: str | None = None
+        self._poller = StatusPoller(self._look, self.settings.event_interval)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    def _call(self, func: Callable[[Any], Any], *, idempotent: bool = True) -> Any:
+        return self._session.call(func, idempotent=idempotent)
+
+    @staticmethod
+    def _types() -> Any:
+        import ovirtsdk4.types as types
+
+        return types
+
+    def _cid(self) -> dict[str, str]:
+        return {"correlation_id": f"virtdrivers-{uuid.uuid4()}"}
+
+    def _vm(self, instance_id: str, *, managed_only: bool = True, follow: str | None = None) -> Any:
+        try:
+            vm = self._call(lambda s: s.vms_service().vm_service(instance_id).get(follow=follow))
+        except NotFound as exc:
+            raise InstanceNotFound(instance_id) from exc
+        if managed_only and not mapping.parse_marker(vm.comment)[0]:
+            raise InstanceNotFound(instance_id)
+        return vm
+
+    def _observed(self, vm: Any) -> Any:
+        """Tell the event poller about a state this driver waited for, so no transition goes unreported."""
+        self._poller.observe(vm.id, mapping.seen(vm))
+        return vm
+
+    def _wait_status(self, instance_id: str, *wanted: str, what: str, failed_if: tuple[str, ...] = ()) -> Any:
+        """Wait for one of ``wanted``; a status in ``failed_if`` means the engine gave up (InvalidState)."""
+        return self._observed(
+            wait_until(
+                lambda: self._vm(instance_id, managed_only=False),
+                lambda vm: mapping.value(vm.status) in wanted,
+                timeout=self.settings.operation_timeout,
+                what=what,
+                failed=lambda vm: (
+                    f"it is {mapping.value(vm.status)}" if mapping.value(vm.status) in failed_if else None
+                ),
+            )
+        )
+
+    def _wait_settled(self, instance_id: str) -> Any:
+        return self._observed(
+            wait_until(
+                lambda: self._vm(instance_id, managed_only=False),
+                lambda vm: mapping.value(vm.status) not in mapping.TRANSIENT,
+                timeout=self.settings.operation_timeout,
+                what=f"settling of {instance_id}",
+            )
+        )
+
+    def _wait_job(self, correlation: dict[str, str], what: str) -> None:
+        """Wait until every engine job of this correlation id has ended; InvalidState if one failed."""
+        search = f"correlation_id={correlation['correlation_id']}"
+
+        def failed(jobs: list[Any]) -> str | None:
+            bad = [j.description for j in jobs if mapping.value(j.status) in ("failed", "aborted")]
+            return "; ".join(bad) if bad else None
+
+        wait_until(
+            lambda: list(self._call(lambda s: s.jobs_service().list(search=search))),
+            # The engine records a command's jobs before it answers the request; once none is
+            # running any more, the work is done (finished jobs may also have been cleared already).
+            lambda jobs: all(mapping.value(j.status) == "finished" for j in jobs),
+            timeout=self.settings.operation_timeout,
+            what=what,
+            failed=failed,
+        )
+
+    def _host_names(self, refresh: bool = False) -> dict[str, str]:
+        if refresh or not self._hosts:
+            hosts = self._call(lambda s: s.hosts_service().list())
+            self._hosts = {h.id: h.name for h in hosts}
+        return self._hosts
+
+    def _host_id(self, node: str) -> str:
+        for attempt in (False, True):
+            for host_id, name in self._host_names(refresh=attempt).items():
+                if name == node:
+                    return host_id
+        raise NotFound(f"node {node!r} not found")
+
+    def _info(self, vm: Any) -> InstanceInfo:
+        host = getattr(vm, "host", None)
+        if host is not None and host.id not in self._hosts:
+            self._host_names(refresh=True)
+        return mapping.instance_info(vm, self._hosts)
+
+    def _get_info(self, instance_id: str, *, managed_only: bool = True) -> InstanceInfo:
+        return self._info(self._vm(instance_id, managed_only=managed_only, follow="disk_attachments.disk"))
+
+    def _vm_service(self, s: Any, instance_id: str) -> Any:
+        return s.vms_service().vm_service(instance_id)
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._session.connected:
+            return
+        self._session.connect()
+        try:
+            clusters = self._call(lambda s: s.clusters_service().list())
+            wanted = self.settings.cluster
+            names = [c.name for c in clusters]
+            if wanted is not None and wanted not in names:
+                raise NotFound(f"ovirt: cluster {wanted!r} not found (have {', '.join(names)})")
+            if not names:
+                raise NotFound("ovirt: the engine has no cluster")
+            self._cluster = wanted or names[0]
+            domains = self._call(lambda s: s.storage_domains_service().list())
+            data = [d.name for d in domains if mapping.value(d.type) == "data"]
+            wanted = self.settings.storage_domain
+            if wanted is not None and wanted not in data:
+                raise NotFound(f"ovirt: data storage domain {wanted!r} not found")
+            self._storage_domain = wanted or (data[0] if data else None)
+            self._host_names(refresh=True)
+        except BaseException:
+            self._session.close()
+            raise
+
+    def close(self) -> None:
+        self._poller.stop()
+        self._session.close()
+
+    def backend_info(self) -> BackendInfo:
+        import ovirtsdk4
+
+        api = self._call(lambda s: s.get())
+        version = api.product_info.version.full_version if api.product_info and api.product_info.version else ""
+        return BackendInfo(
+            backend=(api.product_info.name if api.product_info else None) or "oVirt Engine",
+            backend_version=version or "",
+            endpoint=self.settings.url,
+            libraries={"ovirt-engine-sdk-python": ovirtsdk4.version.VERSION},
+        )
+
+    # -- listing -------------------------------------------------------------------------------------
+
+    def _pages(self, follow: str | None) -> list[Any]:
+        """Every VM, in pages of ``page_size``: one search call per page, nothing per VM."""
+        size = self.settings.page_size
+        vms: list[Any] = []
+        page = 1
+        while True:
+            search = f"sortby name asc page {page}"
+            batch: list[Any] = self._call(
+                lambda s, search=search: s.vms_service().list(search=search, max=size, follow=follow)  # type: ignore[misc]
+            )
+            vms.extend(batch)
+            if len(batch) < size:
+                return vms
+            page += 1
+
+    def _all_vms(self) -> list[InstanceInfo]:
+        self._host_names(refresh=True)
+        return [self._info(vm) for vm in self._pages("disk_attachments.disk")]
+
+    def _look(self) -> tuple[dict[str, mapping.Seen], dict[str, str]]:
+        vms = self._pages(None)
+        if any(vm.host is not None and vm.host.id not in self._hosts for vm in vms):
+            self._host_names(refresh=True)
+        return {vm.id: mapping.seen(vm) for vm in vms}, dict(self._hosts)
+
+    def list_instances(self) -> list[InstanceInfo]:
+        return [i for i in self._all_vms() if i.managed]
+
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        return self._get_info(instance_id)
+
+    def find_instance(self, name: str) -> InstanceInfo:
+        """One search by name; names the search language cannot quote fall back to the bulk list."""
+        if '"' not in name and not any(c in name for c in "*?[]"):
+            try:
+                vms = self._call(
+                    lambda s: s.vms_service().list(search=f'name="{name}"', follow="disk_attachments.disk")
+                )
+            except InvalidSpec:
+                vms = []
+            for vm in vms:
+                info = self._info(vm)
+                if info.name == name and info.managed:
+                    return info
+            raise InstanceNotFound(name)
+        return super().find_instance(name)
+
+    # -- create and destroy --------------------------------------------------------------------------
+
+    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        report = progress or (lambda fraction, message: None)
+        types = self._types()
+        if self._cluster is None:
+            raise BackendUnavailable("ovirt: not connected")
+        host_id = self._host_id(spec.node) if spec.node else None
+        if spec.disks and self._storage_domain is None:
+            raise InvalidSpec("the engine has no data storage domain for disks", field="disks")
+        cid = self._cid()
+        new_vm = mapping.vm_for_spec(types, spec, self._cluster, host_id)
+        vm = self._call(
+            lambda s: s.vms_service().add(new_vm, query=cid),
+            idempotent=False,
+        )
+        try:
+            report(0.1, "waiting for the engine to create the VM")
+            self._wait_status(vm.id, "down", what=f"creation of {spec.name}")
+            for n, disk in enumerate(spec.disks):
+                report(0.1 + 0.7 * n / len(spec.disks), f"creating disk {n + 1} of {len(spec.disks)}")
+                self._add_disk(vm.id, spec.name, disk, n, bootable=n == 0)
+            if spec.start:
+                report(0.85, "starting")
+                self._start(vm.id)
+        except BaseException:
+            # Nothing half-made: the VM goes, and the engine removes the disks attached to it.
+            with contextlib.suppress(DriverError):
+                self._remove(vm.id)
+            raise
+        report(1.0, "created")
+        return self._get_info(vm.id)
+
+    def _add_disk(self, instance_id: str, vm_name: str, disk: DiskSpec, n: int, *, bootable: bool) -> DiskInfo:
+        types = self._types()
+        assert self._storage_domain is not None
+        att = mapping.disk_attachment_for_spec(
+            types,
+            disk,
+            self.default_disk_format or DiskFormat.QCOW2,
+            f"{vm_name}_Disk{n + 1}",
+            self._storage_domain,
+            bootable,
+        )
+        cid = self._cid()
+        added = self._call(
+            lambda s: self._vm_service(s, instance_id).disk_attachments_service().add(att, query=cid),
+            idempotent=False,
+        )
+        disk_id = added.disk.id
+        try:
+            found = wait_until(
+                lambda: self._call(lambda s: s.disks_service().disk_service(disk_id).get()),
+                lambda d: mapping.value(d.status) == "ok",
+                timeout=self.settings.operation_timeout,
+                what=f"creation of disk {disk_id}",
+                failed=lambda d: "disk is illegal" if mapping.value(d.status) == "illegal" else None,
+            )
+        except NotFound as exc:
+            raise InvalidState(f"ovirt: disk {disk_id} vanished while it was being created") from exc
+        return mapping.disk_info(found)
+
+    def _remove(self, instance_id: str) -> None:
+        vm = self._wait_settled(instance_id)
+        if mapping.value(vm.status) != "down":
+            self._stop(instance_id)
+        cid = self._cid()
+        self._call(lambda s: self._vm_service(s, instance_id).remove(detach_only=False, query=cid), idempotent=False)
+
+        def gone() -> bool:
+            try:
+                self._vm(instance_id, managed_only=False)
+            except InstanceNotFound:
+                return True
+            return False
+
+        wait_until(gone, bool, timeout=self.settings.operation_timeout, what=f"removal of {instance_id}")
+        self._poller.observe(instance_id, None)
+
+    def destroy(self, instance_id: str) -> None:
+        self._vm(instance_id)
+        self._remove(instance_id)
+
+    # -- power --------------------------------------------------------------------------------------
+
+    def _start(self, instance_id: str) -> Any:
+        cid = self._cid()
+        self._call(lambda s: self._vm_service(s, instance_id).start(query=cid), idempotent=False)
+        # The engine marks the VM launching before it answers: back to down means the run failed.
+        return self._wait_status(instance_id, "up", what=f"start of {instance_id}", failed_if=("down",))
+
+    def _stop(self, instance_id: str) -> Any:
+        cid = self._cid()
+        self._call(lambda s: self._vm_service(s, instance_id).stop(query=cid), idempotent=False)
+        return self._wait_status(instance_id, "down", what=f"stop of {instance_id}")
+
+    def power_on(self, instance_id: str) -> InstanceInfo:
+        self._vm(instance_id)
+        status = mapping.value(self._wait_settled(instance_id).status)
+        if status != "up":
+            self._start(instance_id)
+        return self._get_info(instance_id)
+
+    def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        self._vm(instance_id)
+        status = mapping.value(self._wait_settled(instance_id).status)
+        if status == "down":
+            return self._get_info(instance_id)
+        if force or timeout <= 0 or status != "up":
+            self._stop(instance_id)
+            return self._get_info(instance_id)
+        cid = self._cid()
+        self._call(lambda s: self._vm_service(s, instance_id).shutdown(query=cid), idempotent=False)
+        try:
+            self._observed(
+                wait_until(
+                    lambda: self._vm(instance_id, managed_only=False),
+                    lambda vm: mapping.value(vm.status) == "down",
+                    timeout=timeout,
+                    what=f"graceful shutdown of {instance_id}",
+                    # The engine gives up on a guest that ignores ACPI and reports it up again.
+                    failed=lambda vm: "guest ignored the shutdown" if mapping.value(vm.status) == "up" else None,
+                )
+            )
+        except (Timeout, InvalidState):
+            self._stop(instance_id)
+        return self._get_info(instance_id)
+
+    def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
+        self._vm(instance_id)
+        status = mapping.value(self._wait_settled(instance_id).status)
+        if status != "up":
+            raise InvalidState(f"ovirt: instance {instance_id} is {status}, needs up")
+        if hard:
+            self._stop(instance_id)
+            self._start(instance_id)
+        else:
+            cid = self._cid()
+            self._call(lambda s: self._vm_service(s, instance_id).reboot(query=cid), idempotent=False)
+            self._wait_job(cid, f"reboot of {instance_id}")
+            self._wait_status(instance_id, "up", what=f"reboot of {instance_id}")
+        return self._get_info(instance_id)
+
+    def suspend(self, instance_id: str) -> InstanceInfo:
+        self._vm(instance_id)
+        status = mapping.value(self._wait_settled(instance_id).status)
+        if status != "up":
+            raise InvalidState(f"ovirt: instance {instance_id} is {status}, needs up")
+        cid = self._cid()
+        self._call(lambda s: self._vm_service(s, instance_id).suspend(query=cid), idempotent=False)
+        self._wait_status(instance_id, "suspended", what=f"suspend of {instance_id}")
+        return self._get_info(instance_id)
+
+    def resume(self, instance_id: str) -> InstanceInfo:
+        self._vm(instance_id)
+        status = mapping.value(self._wait_settled(instance_id).status)
+        if status != "suspended":
+            raise InvalidState(f"ovirt: instance {instance_id} is {status}, needs suspended")
+        self._start(instance_id)
+        return self._get_info(instance_id)
+
+    def resize(self, instance_id: str, *, vcpus: int | None = None, memory_mb: int | None = None) -> InstanceInfo:
+        types = self._types()
+        vm = self._vm(instance_id)
+        changes: dict[str, Any] = {}
+        if vcpus is not None:
+            topo = vm.cpu.topology
+            sockets, cores, threads = mapping.topology(vcpus, (topo.sockets or 1, topo.cores or 1, topo.threads or 1))
+            changes["cpu"] = types.Cpu(topology=types.CpuTopology(sockets=sockets, cores=cores, threads=threads))
+        if memory_mb is not None:
+            changes["memory"] = memory_mb * mapping.MIB
+            changes["memory_policy"] = types.MemoryPolicy(
+                guaranteed=memory_mb * mapping.MIB, max=memory_mb * mapping.MIB * 4
+            )
+        self._call(lambda s: self._vm_service(s, instance_id).update(types.Vm(**changes)), idempotent=False)
+        return self._get_info(instance_id)
+
+    # -- nodes --------------------------------------------------------------------------------------
+
+    def list_nodes(self) -> list[NodeInfo]:
+        hosts = self._call(lambda s: s.hosts_service().list())
+        self._hosts = {h.id: h.name for h in hosts}
+        return [NodeInfo(name=h.name, hypervisor_type="kvm", state=mapping.value(h.status)) for h in hosts]
+
+    def host_resources(self, node: str | None = None) -> HostResources:
+        hosts = self._call(lambda s: s.hosts_service().list())
+        self._hosts = {h.id: h.name for h in hosts}
+        if not hosts:
+            raise NotFound("ovirt: the engine has no hosts")
+        host = next((h for h in hosts if h.name == node), None) if node else hosts[0]
+        if host is None:
+            raise NotFound(f"node {node!r} not found")
+        vms = [i for i in self._all_vms() if i.node == host.name]
+        running = [i for i in vms if i.power_state in (PowerState.RUNNING, PowerState.PAUSED)]
+        domains = self._call(lambda s: s.storage_domains_service().list())
+        data = [d for d in domains if mapping.value(d.type) == "data"]
+        used = sum((d.used or 0) for d in data)
+        total = used + sum((d.available or 0) for d in data)
+        version = host.version.full_version if host.version is not None else ""
+        return HostResources(
+            node=host.name,
+            vcpus_total=mapping.vcpus_of(host.cpu),
+            vcpus_used=sum(i.vcpus for i in running),
+            memory_mb_total=(host.memory or 0) // mapping.MIB,
+            memory_mb_used=sum(i.memory_mb for i in running),
+            disk_gib_total=total // mapping.GIB,
+            disk_gib_used=used // mapping.GIB,
+            hypervisor_type="kvm",
+            hypervisor_version=version or "",
+        )
+
+    # -- storage --------------------------------------------------------------------------------------
+
+    def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        vm = self._vm(instance_id, follow="disk_attachments")
+        if self._storage_domain is None:
+            raise InvalidSpec("the engine has no data storage domain for disks", field="disk")
+        n = len(vm.disk_attachments or ())
+        if n >= 16:
+            raise Conflict(f"ovirt: instance {vm.name!r} has no free disk slot")
+        return self._add_disk(instance_id, vm.name, disk, n, bootable=n == 0)
+
+    def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
+        self._vm(instance_id)
+        cid = self._cid()
+        try:
+            self._call(
+                lambda s: (
+                    self._vm_service(s, instance_id)
+                    .disk_attachments_service()
+                    .attachment_service(disk_id)
+                    .remove(detach_only=not delete, query=cid)
+                ),
+                idempotent=False,
+            )
+        except NotFound as exc:
+            raise NotFound(f"disk {disk_id!r} not attached to {instance_id!r}") from exc
+        if delete:
+            self._wait_job(cid, f"removal of disk {disk_id}")
+
+    # -- snapshots -------------------------------------------------------------------------------------
+
+    def _snapshots(self, instance_id: str) -> list[Any]:
+        return mapping.user_snapshots(self._call(lambda s: self._vm_service(s, instance_id).snapshots_service().list()))
+
+    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
+        types = self._types()
+        self._vm(instance_id)
+        if any(s.description == name for s in self._snapshots(instance_id)):
+            raise Conflict(f"ovirt: snapshot {name!r} exists already")
+        self._wait_settled(instance_id)
+        cid = self._cid()
+        snap = self._call(
+            lambda s: (
+                self._vm_service(s, instance_id)
+                .snapshots_service()
+                .add(types.Snapshot(description=name, persist_memorystate=with_memory), query=cid)
+            ),
+            idempotent=False,
+        )
+        done = wait_until(
+            lambda: self._call(
+                lambda s: self._vm_service(s, instance_id).snapshots_service().snapshot_service(snap.id).get()
+            ),
+            lambda sn: mapping.value(sn.snapshot_status) == "ok",
+            timeout=self.settings.operation_timeout,
+            what=f"snapshot {name!r} of {instance_id}",
+        )
+        return mapping.snapshot_info(done, instance_id)
+
+    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
+        self._vm(instance_id)
+        return [mapping.snapshot_info(s, instance_id) for s in self._snapshots(instance_id)]
+
+    def _snapshot(self, instance_id: str, snapshot_id: str) -> Any:
+        for snap in self._snapshots(instance_id):
+            if snap.id == snapshot_id:
+                return snap
+        raise NotFound(f"snapshot {snapshot_id!r} of {instance_id!r} not found")
+
+    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        self._vm(instance_id)
+        snap = self._snapshot(instance_id, snapshot_id)
+        vm = self._wait_settled(instance_id)
+        if mapping.value(vm.status) != "down":
+            self._stop(instance_id)
+        with_memory = bool(snap.persist_memorystate)
+        cid = self._cid()
+        self._call(
+            lambda s: (
+                self._vm_service(s, instance_id)
+                .snapshots_service()
+                .snapshot_service(snapshot_id)
+                .restore(restore_memory=with_memory, query=cid)
+            ),
+            idempotent=False,
+        )
+        self._wait_job(cid, f"revert of {instance_id} to {snapshot_id}")
+        vm = self._wait_settled(instance_id)
+        if with_memory and mapping.value(vm.status) == "suspended":
+            # The engine resumes the saved memory on the next run: as the VM was when snapshotted.
+            self._start(instance_id)
+        return self._get_info(instance_id)
+
+    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        self._vm(instance_id)
+        self._snapshot(instance_id, snapshot_id)
+        cid = self._cid()
+        self._call(
+            lambda s: (
+                self._vm_service(s, instance_id).snapshots_service().snapshot_service(snapshot_id).remove(query=cid)
+            ),
+            idempotent=False,
+        )
+        self._wait_job(cid, f"removal of snapshot {snapshot_id}")
+
+    # -- migration ------------------------------------------------------------------------------------
+
+    def live_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        types = self._types()
+        vm = self._wait_settled(instance_id)
+        if not mapping.parse_marker(vm.comment)[0]:
+            raise InstanceNotFound(instance_id)
+        if mapping.value(vm.status) != "up":
+            raise InvalidState(f"ovirt: instance {vm.name!r} is {mapping.value(vm.status)}, needs up")
+        source = vm.host.id if vm.host is not None else None
+        target = None
+        if node is not None:
+            target = self._host_id(node)
+            if target == source:
+                raise InvalidSpec(f"instance is on {node!r} already", field="node")
+        if progress:
+            progress(0.1, f"migrating to {node or 'a host the scheduler picks'}")
+        cid = self._cid()
+        host = types.Host(id=target) if target else None
+        self._call(lambda s: self._vm_service(s, instance_id).migrate(host=host, query=cid), idempotent=False)
+        self._wait_job(cid, f"migration of {vm.name}")
+        moved = self._wait_status(instance_id, "up", what=f"migration of {vm.name}")
+        if moved.host is None or moved.host.id == source:
+            raise InvalidState(f"ovirt: migration of {vm.name!r} ended on its source host")
+        if progress:
+            progress(1.0, "migrated")
+        return self._get_info(instance_id)
+
+    # -- cluster and HA -------------------------------------------------------------------------------
+
+    def list_aggregates(self) -> list[Aggregate]:
+        clusters = self._call(lambda s: s.clusters_service().list())
+        hosts = self._call(lambda s: s.hosts_service().list())
+        self._hosts = {h.id: h.name for h in hosts}
+        return [
+            Aggregate(
+                name=c.name,
+                hosts=tuple(h.name for h in hosts if h.cluster is not None and h.cluster.id == c.id),
+                metadata={
+                    "id": c.id,
+                    "description": c.description or "",
+                    "ha_reservation": str(bool(c.ha_reservation)).lower(),
+                },
+            )
+            for c in clusters
+        ]
+
+    def _ha(self, vm: Any) -> HAState:
+        ha = vm.high_availability
+        enabled = bool(ha is not None and ha.enabled)
+        status = mapping.value(vm.status)
+        info = self._info(vm)
+        return HAState(
+            instance_id=vm.id,
+            enabled=enabled,
+            priority=mapping.ha_priority_from_ovirt(ha.priority if ha is not None else None),
+            owner_node=info.node,
+            state=("online" if status == "up" else status) if enabled else None,
+        )
+
+    def set_high_availability(
+        self, instance_id: str, enabled: bool, *, priority: HAPriority = HAPriority.MEDIUM
+    ) -> HAState:
+        types = self._types()
+        self._vm(instance_id)
+        update = types.Vm(
+            high_availability=types.HighAvailability(enabled=enabled, priority=mapping.ha_priority_to_ovirt(priority))
+        )
+        self._call(lambda s: self._vm_service(s, instance_id).update(update), idempotent=False)
+        return self._ha(self._vm(instance_id))
+
+    def get_high_availability(self, instance_id: str) -> HAState:
+        return self._ha(self._vm(instance_id))
+
+    def failover(self, instance_id: str, node: str | None = None) -> HAState:
+        """Move a running HA VM to another host now: a live migration (the engine restarts HA VMs itself
+        when their host fails)."""
+        vm = self._vm(instance_id)
+        if vm.high_availability is None or not vm.high_availability.enabled:
+            raise InvalidState(f"ovirt: {vm.name!r} is not highly available")
+        self.live_migrate(instance_id, node)
+        return self._ha(self._vm(instance_id))
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        poller = self._poller
+        sid = poller.add(callback)
+        return Subscription(lambda: poller.remove(sid))
+
+    # -- placement (oVirt specific, beyond the contract) -------------------------------------------
+
+    def get_placement(self, instance_id: str) -> tuple[str, tuple[str, ...]]:
+        """The VM's affinity (migratable, pinned, user_migratable) and its preferred hosts by name."""
+        vm = self._vm(instance_id)
+        policy = vm.placement_policy
+        if policy is None:
+            return "migratable", ()
+        names = self._host_names()
+        hosts = tuple(names.get(h.id, h.id) for h in policy.hosts or ())
+        return mapping.value(policy.affinity) or "migratable", hosts
+
+    def set_placement(self, instance_id: str, affinity: str, hosts: Sequence[str] = ()) -> tuple[str, tuple[str, ...]]:
+        """Set how the engine may move the VM: ``pinned`` needs at least one host."""
+        if affinity not in AFFINITIES:
+            raise InvalidSpec(f"must be one of {', '.join(AFFINITIES)}", field="affinity")
+        if affinity == "pinned" and not hosts:
+            raise InvalidSpec("a pinned VM needs a host", field="hosts")
+        types = self._types()
+        self._vm(instance_id)
+        host_refs = [types.Host(id=self._host_id(h)) for h in hosts]
+        policy = types.VmPlacementPolicy(affinity=types.VmAffinity(affinity), hosts=host_refs)
+        self._call(
+            lambda s: self._vm_service(s, instance_id).update(types.Vm(placement_policy=policy)), idempotent=False
+        )
+        return self.get_placement(instance_id)
+
+    # -- pets ---------------------------------------------------------------------------------------
+
+    def list_unmanaged(self) -> list[InstanceInfo]:
+        return [i for i in self._all_vms() if not i.managed]
+
+    def adopt(self, instance_id: str) -> InstanceInfo:
+        """Mark the VM managed by adding a line to its comment; nothing else changes, nothing restarts."""
+        types = self._types()
+        vm = self._vm(instance_id, managed_only=False)
+        if mapping.parse_marker(vm.comment)[0]:
+            raise InvalidState(f"ovirt: {vm.name!r} is managed already")
+        comment = mapping.with_marker(vm.comment, {})
+        self._call(lambda s: self._vm_service(s, instance_id).update(types.Vm(comment=comment)), idempotent=False)
+        return self._get_info(instance_id)

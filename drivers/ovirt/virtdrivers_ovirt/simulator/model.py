@@ -1,0 +1,662 @@
+"""The engine's inventory and its state machine, with no HTTP in it.
+
+Everything the engine does asynchronously (locking images, powering up, saving
+state, migrating) is a real transition here: an operation moves an object into
+its transient status at once and a scheduler thread finishes it a little later,
+so clients must wait on state or jobs exactly as they would against an engine.
+Invalid requests raise :class:`EngineFault` carrying the engine's own wording.
+"""
+
+from __future__ import annotations
+
+import datetime
+import heapq
+import itertools
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+#: Names the engine accepts for VMs: letters, digits, '_', '-' and '.' (the driver checks the same up front).
+VM_NAME_PATTERN = r"[\w.-]+"
+GIB = 1024**3
+MIB = 1024**2
+BLANK_TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
+ENGINE_VERSION = (4, 5, 6, 0)
+
+
+class EngineFault(Exception):
+    """A request the engine refuses: HTTP status, fault reason and the bracketed detail."""
+
+    def __init__(self, status: int, detail: str, reason: str = "Operation Failed") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def conflict(action: str, why: str) -> EngineFault:
+    """The engine's validation failures read "[Cannot <action> <object>. <why>]" with HTTP 409."""
+    return EngineFault(409, f"[Cannot {action}. {why}]")
+
+
+def not_found(kind: str, ref: str) -> EngineFault:
+    return EngineFault(404, f"Entity not found: {kind} {ref}", reason="Not Found")
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class Host:
+    id: str
+    name: str
+    cluster_id: str
+    address: str
+    cores: int = 16
+    sockets: int = 2
+    threads: int = 2
+    memory: int = 256 * GIB
+    status: str = "up"
+
+
+@dataclass
+class Cluster:
+    id: str
+    name: str
+    description: str = ""
+
+
+@dataclass
+class StorageDomain:
+    id: str
+    name: str
+    available: int = 4096 * GIB
+    used: int = 0
+    committed: int = 0
+    storage_type: str = "nfs"
+
+
+@dataclass
+class Disk:
+    id: str
+    name: str
+    provisioned_size: int
+    format: str
+    sparse: bool
+    storage_domain_id: str
+    status: str = "locked"
+    actual_size: int = 0
+    description: str = ""
+
+
+@dataclass
+class Attachment:
+    disk_id: str
+    interface: str = "virtio_scsi"
+    bootable: bool = False
+    active: bool = True
+
+
+@dataclass
+class Snapshot:
+    id: str
+    description: str
+    date: datetime.datetime
+    persist_memorystate: bool
+    status: str = "locked"
+    snapshot_type: str = "regular"
+    #: The VM's configuration, disks and run state when it was taken.
+    image: Vm | None = None
+
+
+@dataclass
+class Vm:
+    id: str
+    name: str
+    cluster_id: str
+    memory: int
+    sockets: int = 1
+    cores: int = 1
+    threads: int = 1
+    description: str = ""
+    comment: str = ""
+    status: str = "down"
+    host_id: str | None = None
+    ha_enabled: bool = False
+    ha_priority: int = 1
+    affinity: str = "migratable"
+    preferred_host_ids: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    creation_time: datetime.datetime = field(default_factory=now)
+    start_time: datetime.datetime | None = None
+    stop_time: datetime.datetime | None = None
+    origin: str = "ovirt"
+    #: Guest has no agent and ignores ACPI shutdown (a pet that needs a forced stop).
+    ignores_shutdown: bool = False
+
+    @property
+    def vcpus(self) -> int:
+        return self.sockets * self.cores * self.threads
+
+
+@dataclass
+class Job:
+    id: str
+    description: str
+    correlation_id: str | None
+    status: str = "started"
+    start_time: datetime.datetime = field(default_factory=now)
+    end_time: datetime.datetime | None = None
+    last_updated: datetime.datetime = field(default_factory=now)
+
+
+class Scheduler:
+    """Runs delayed transitions on one thread, in due order, under the engine lock."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self._cond = threading.Condition()
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="ovirt-sim-scheduler", daemon=True)
+        self._thread.start()
+
+    def later(self, delay: float, func: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._seq), func))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._queue or self._queue[0][0] > time.monotonic()):
+                    timeout = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, func = heapq.heappop(self._queue)
+            with self._lock:
+                func()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+
+class Engine:
+    """An oVirt engine's inventory: one data center, one cluster of hosts, one NFS storage domain."""
+
+    def __init__(self, *, hosts: int = 3, pets: int = 0, delay: float = 0.02) -> None:
+        self.lock = threading.RLock()
+        self.delay = delay
+        self.scheduler = Scheduler(self.lock)
+        self.clusters: dict[str, Cluster] = {}
+        self.hosts: dict[str, Host] = {}
+        self.storage_domains: dict[str, StorageDomain] = {}
+        self.vms: dict[str, Vm] = {}
+        self.disks: dict[str, Disk] = {}
+        self.jobs: dict[str, Job] = {}
+        cluster = Cluster(str(uuid.uuid4()), "Default", "The default server cluster")
+        self.clusters[cluster.id] = cluster
+        for i in range(hosts):
+            host = Host(str(uuid.uuid4()), f"host{i + 1}", cluster.id, f"192.0.2.{i + 11}")
+            self.hosts[host.id] = host
+        sd = StorageDomain(str(uuid.uuid4()), "nfs-data")
+        self.storage_domains[sd.id] = sd
+        for i in range(pets):
+            self.add_pet(f"pet-{i + 1}")
+
+    def close(self) -> None:
+        self.scheduler.stop()
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def vm(self, vm_id: str) -> Vm:
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise not_found("vm", vm_id)
+        return vm
+
+    def disk(self, disk_id: str) -> Disk:
+        disk = self.disks.get(disk_id)
+        if disk is None:
+            raise not_found("disk", disk_id)
+        return disk
+
+    def snapshot(self, vm: Vm, snapshot_id: str) -> Snapshot:
+        for snap in vm.snapshots:
+            if snap.id == snapshot_id:
+                return snap
+        raise not_found("snapshot", snapshot_id)
+
+    def host_by(self, ref_id: str | None, ref_name: str | None) -> Host:
+        for host in self.hosts.values():
+            if (ref_id and host.id == ref_id) or (ref_name and host.name == ref_name):
+                return host
+        raise EngineFault(400, f"Entity not found: host {ref_id or ref_name}", reason="Operation Failed")
+
+    def cluster_by(self, ref_id: str | None, ref_name: str | None) -> Cluster:
+        for cluster in self.clusters.values():
+            if (ref_id and cluster.id == ref_id) or (ref_name and cluster.name == ref_name):
+                return cluster
+        raise EngineFault(400, f"Entity not found: Cluster: {ref_id or ref_name}")
+
+    def storage_domain_by(self, ref_id: str | None, ref_name: str | None) -> StorageDomain:
+        for sd in self.storage_domains.values():
+            if (ref_id and sd.id == ref_id) or (ref_name and sd.name == ref_name):
+                return sd
+        raise EngineFault(400, f"Entity not found: Storage domain: {ref_id or ref_name}")
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def begin_job(self, description: str, correlation_id: str | None) -> Job:
+        job = Job(str(uuid.uuid4()), description, correlation_id)
+        self.jobs[job.id] = job
+        return job
+
+    def end_job(self, job: Job, status: str = "finished") -> None:
+        job.status, job.end_time, job.last_updated = status, now(), now()
+
+    def _then(self, job: Job, func: Callable[[], None]) -> None:
+        """Finish ``func`` after the engine's delay and close the job with it."""
+
+        def run() -> None:
+            try:
+                func()
+            except Exception:
+                self.end_job(job, "failed")
+                raise
+            self.end_job(job)
+
+        self.scheduler.later(self.delay, run)
+
+    # -- inventory made "outside" virtdrivers --------------------------------------------------
+
+    def add_pet(self, name: str) -> Vm:
+        """A long-lived VM as an administrator made it: running, HA, pinned to preferred hosts, snapshotted."""
+        with self.lock:
+            hosts = list(self.hosts.values())
+            host = hosts[len(self.vms) % len(hosts)]
+            sd = next(iter(self.storage_domains.values()))
+            vm = Vm(
+                str(uuid.uuid4()),
+                name,
+                host.cluster_id,
+                memory=4 * GIB,
+                sockets=2,
+                cores=1,
+                description=f"{name}: database server, owned by ops",
+                comment="do not reboot without a ticket",
+                status="up",
+                host_id=host.id,
+                ha_enabled=True,
+                ha_priority=50,
+                affinity="user_migratable",
+                preferred_host_ids=[host.id],
+                start_time=now(),
+            )
+            disk = Disk(str(uuid.uuid4()), f"{name}_root", 40 * GIB, "cow", True, sd.id, "ok", 3 * GIB)
+            self.disks[disk.id] = disk
+            sd.committed += disk.provisioned_size
+            sd.used += disk.actual_size
+            vm.attachments.append(Attachment(disk.id, bootable=True))
+            vm.snapshots.append(self._active_snapshot())
+            base = Snapshot(str(uuid.uuid4()), "before upgrade", now(), False, "ok", image=self._image(vm))
+            vm.snapshots.append(base)
+            self.vms[vm.id] = vm
+            return vm
+
+    @staticmethod
+    def _active_snapshot() -> Snapshot:
+        return Snapshot(str(uuid.uuid4()), "Active VM", now(), False, "ok", "active")
+
+    @staticmethod
+    def _image(vm: Vm) -> Vm:
+        return replace(
+            vm,
+            attachments=[replace(a) for a in vm.attachments],
+            snapshots=[],
+            preferred_host_ids=list(vm.preferred_host_ids),
+        )
+
+    # -- VMs --------------------------------------------------------------------------------
+
+    def add_vm(self, vm: Vm, correlation_id: str | None) -> Vm:
+        with self.lock:
+            if re.fullmatch(VM_NAME_PATTERN, vm.name) is None:
+                # The engine's own wording (seen in its UI and in imports), attribute vm.vmStatic.name.
+                raise EngineFault(
+                    400,
+                    "[Can not add VM. The given name contains special characters. Only lower-case and upper-case "
+                    "letters, numbers, '_', '-', '.' are allowed.]",
+                )
+            if any(v.name == vm.name for v in self.vms.values()):
+                raise conflict("add VM", "The VM name is already in use, please choose a unique name and try again.")
+            for host_id in vm.preferred_host_ids:
+                if host_id not in self.hosts:
+                    raise not_found("host", host_id)
+            vm.status = "image_locked"
+            vm.snapshots = [self._active_snapshot()]
+            self.vms[vm.id] = vm
+            job = self.begin_job(f"Creating VM {vm.name} from Template Blank in Cluster Default", correlation_id)
+
+            def done() -> None:
+                if vm.status == "image_locked":
+                    vm.status = "down"
+
+            self._then(job, done)
+            return vm
+
+    def update_vm(self, vm: Vm, changes: dict[str, object]) -> Vm:
+        with self.lock:
+            self._unlocked(vm, "update VM")
+            name = changes.get("name")
+            if isinstance(name, str) and name != vm.name and any(v.name == name for v in self.vms.values()):
+                raise conflict("update VM", "The VM name is already in use.")
+            hosts = changes.get("preferred_host_ids")
+            if isinstance(hosts, list):
+                for host_id in hosts:
+                    if host_id not in self.hosts:
+                        raise not_found("host", str(host_id))
+            for key, value in changes.items():
+                setattr(vm, key, value)
+            return vm
+
+    def remove_vm(self, vm: Vm, correlation_id: str | None, *, detach_only: bool = False) -> None:
+        with self.lock:
+            self._unlocked(vm, "remove VM")
+            if vm.status != "down":
+                raise conflict("remove VM", "VM is running.")
+            job = self.begin_job(f"Removing VM {vm.name} from system", correlation_id)
+            vm.status = "image_locked"
+            for att in vm.attachments:
+                self.disks[att.disk_id].status = "locked"
+
+            def done() -> None:
+                for att in vm.attachments:
+                    disk = self.disks.pop(att.disk_id, None)
+                    if disk is not None and detach_only:
+                        disk.status = "ok"
+                        self.disks[disk.id] = disk
+                    elif disk is not None:
+                        self._release(disk)
+                self.vms.pop(vm.id, None)
+
+            self._then(job, done)
+
+    def _release(self, disk: Disk) -> None:
+        sd = self.storage_domains.get(disk.storage_domain_id)
+        if sd is not None:
+            sd.committed -= disk.provisioned_size
+            sd.used -= disk.actual_size
+
+    def _unlocked(self, vm: Vm, action: str) -> None:
+        if vm.status == "image_locked" or any(s.status == "locked" for s in vm.snapshots):
+            raise conflict(action, "VM is locked. Please try again in a few minutes.")
+        if any(self.disks[a.disk_id].status == "locked" for a in vm.attachments if a.disk_id in self.disks):
+            raise conflict(action, "Disk is locked. Please try again later.")
+
+    def _schedule_host(self, vm: Vm, exclude: str | None = None) -> Host:
+        """The engine's scheduler: a preferred host if one is up, else the up host with the least memory in use."""
+        up = [h for h in self.hosts.values() if h.status == "up" and h.cluster_id == vm.cluster_id and h.id != exclude]
+        preferred = [h for h in up if h.id in vm.preferred_host_ids]
+        if preferred and exclude is None:
+            return preferred[0]
+        if vm.affinity == "pinned" and vm.preferred_host_ids and exclude is None:
+            raise conflict("run VM", "The host the VM is pinned to is not available.")
+        if not up:
+            raise conflict(
+                "run VM", "There are no hosts to use. Check that the cluster contains at least one host in Up state."
+            )
+
+        def load(host: Host) -> int:
+            return sum(v.memory for v in self.vms.values() if v.host_id == host.id)
+
+        return min(up, key=lambda h: (load(h), h.name))
+
+    def start(self, vm: Vm, correlation_id: str | None) -> None:
+        with self.lock:
+            self._unlocked(vm, "run VM")
+            if vm.status in ("up", "powering_up", "wait_for_launch", "reboot_in_progress", "migrating"):
+                raise conflict("run VM", "VM is running.")
+            if vm.status not in ("down", "suspended"):
+                raise conflict("run VM", f"VM status is {vm.status}.")
+            resuming = vm.status == "suspended"
+            host = self.hosts[vm.host_id] if resuming and vm.host_id in self.hosts else self._schedule_host(vm)
+            vm.host_id = host.id
+            vm.status = "restoring_state" if resuming else "powering_up"
+            job = self.begin_job(f"Launching VM {vm.name}", correlation_id)
+
+            def done() -> None:
+                if vm.status in ("powering_up", "restoring_state"):
+                    vm.status, vm.start_time = "up", now()
+
+            self._then(job, done)
+
+    def stop(self, vm: Vm, correlation_id: str | None) -> None:
+        with self.lock:
+            if vm.status == "image_locked":
+                raise conflict("stop VM", "VM is locked. Please try again in a few minutes.")
+            if vm.status == "down":
+                raise conflict("stop VM", "VM is not running.")
+            job = self.begin_job(f"Stopping VM {vm.name}", correlation_id)
+            vm.status = "powering_down"
+
+            def done() -> None:
+                vm.status, vm.host_id, vm.stop_time = "down", None, now()
+
+            self._then(job, done)
+
+    def shutdown(self, vm: Vm, correlation_id: str | None) -> None:
+        with self.lock:
+            if vm.status not in ("up", "powering_up", "reboot_in_progress"):
+                raise conflict("shutdown VM", "VM is not running.")
+            job = self.begin_job(f"Shutting down VM {vm.name}", correlation_id)
+            vm.status = "powering_down"
+            if vm.ignores_shutdown:
+                # The guest never answers ACPI: the engine gives up and the VM stays up.
+                def ignored() -> None:
+                    if vm.status == "powering_down":
+                        vm.status = "up"
+
+                self._then(job, ignored)
+                return
+
+            def done() -> None:
+                if vm.status == "powering_down":
+                    vm.status, vm.host_id, vm.stop_time = "down", None, now()
+
+            self._then(job, done)
+
+    def reboot(self, vm: Vm, correlation_id: str | None) -> None:
+        with self.lock:
+            if vm.status != "up":
+                raise conflict("reboot VM", "VM is not running.")
+            job = self.begin_job(f"Rebooting VM {vm.name}", correlation_id)
+            vm.status = "reboot_in_progress"
+
+            def done() -> None:
+                if vm.status == "reboot_in_progress":
+                    vm.status, vm.start_time = "up", now()
+
+            self._then(job, done)
+
+    def suspend(self, vm: Vm, correlation_id: str | None) -> None:
+        with self.lock:
+            if vm.status != "up":
+                raise conflict("hibernate VM", "VM is not running.")
+            job = self.begin_job(f"Suspending VM {vm.name}", correlation_id)
+            vm.status = "saving_state"
+
+            def done() -> None:
+                if vm.status == "saving_state":
+                    vm.status = "suspended"
+
+            self._then(job, done)
+
+    def migrate(self, vm: Vm, host: Host | None, correlation_id: str | None, *, force: bool = False) -> Host:
+        with self.lock:
+            if vm.status != "up":
+                raise conflict("migrate VM", "VM is not running.")
+            if vm.affinity == "pinned" and not force:
+                raise conflict("migrate VM", "VM is pinned to a specific Host.")
+            if host is not None and host.id == vm.host_id:
+                raise conflict("migrate VM", "Migrating a VM to the same Host it is running on is not allowed.")
+            if host is not None and host.status != "up":
+                raise conflict("migrate VM", f"Host {host.name} is not in Up status.")
+            target = host or self._schedule_host(vm, exclude=vm.host_id)
+            job = self.begin_job(f"Migrating VM {vm.name} to Host {target.name}", correlation_id)
+            vm.status = "migrating"
+
+            def done() -> None:
+                if vm.status == "migrating":
+                    vm.status, vm.host_id = "up", target.id
+
+            self._then(job, done)
+            return target
+
+    # -- disks ----------------------------------------------------------------------------------
+
+    def add_disk(self, vm: Vm | None, disk: Disk, attachment: Attachment | None, correlation_id: str | None) -> Disk:
+        with self.lock:
+            if vm is not None:
+                self._unlocked(vm, "add Virtual Disk")
+            if (
+                disk.format == "raw"
+                and disk.sparse
+                and self.storage_domains[disk.storage_domain_id].storage_type != "nfs"
+            ):
+                raise conflict(
+                    "add Virtual Disk", "Disk configuration (RAW Sparse) is incompatible with the storage domain type."
+                )
+            sd = self.storage_domains[disk.storage_domain_id]
+            need = disk.provisioned_size if not disk.sparse else GIB
+            if sd.available - sd.used < need or disk.provisioned_size > sd.available:
+                raise conflict("add Virtual Disk", f"Low disk space on Storage Domain {sd.name}.")
+            disk.status = "locked"
+            disk.actual_size = 0 if disk.sparse else disk.provisioned_size
+            sd.committed += disk.provisioned_size
+            sd.used += disk.actual_size
+            self.disks[disk.id] = disk
+            if vm is not None and attachment is not None:
+                vm.attachments.append(attachment)
+            job = self.begin_job(f"Adding Disk {disk.name}", correlation_id)
+
+            def done() -> None:
+                if disk.status == "locked":
+                    disk.status = "ok"
+
+            self._then(job, done)
+            return disk
+
+    def detach_disk(self, vm: Vm, disk_id: str, *, delete: bool, correlation_id: str | None) -> None:
+        with self.lock:
+            att = next((a for a in vm.attachments if a.disk_id == disk_id), None)
+            if att is None:
+                raise not_found("disk attachment", disk_id)
+            disk = self.disk(disk_id)
+            if disk.status == "locked":
+                raise conflict("remove Virtual Disk", "Disk is locked. Please try again later.")
+            if att.active and vm.status not in ("down",) and att.bootable:
+                raise conflict("detach Virtual Disk", "Disk is in use by a running VM.")
+            vm.attachments.remove(att)
+            if delete:
+                job = self.begin_job(f"Removing Disk {disk.name}", correlation_id)
+                disk.status = "locked"
+
+                def done() -> None:
+                    removed = self.disks.pop(disk_id, None)
+                    if removed is not None:
+                        self._release(removed)
+
+                self._then(job, done)
+
+    def remove_disk(self, disk: Disk, correlation_id: str | None) -> None:
+        with self.lock:
+            for vm in self.vms.values():
+                if any(a.disk_id == disk.id for a in vm.attachments):
+                    raise conflict("remove Virtual Disk", f"Disk is attached to VM {vm.name}.")
+            if disk.status == "locked":
+                raise conflict("remove Virtual Disk", "Disk is locked. Please try again later.")
+            job = self.begin_job(f"Removing Disk {disk.name}", correlation_id)
+            disk.status = "locked"
+
+            def done() -> None:
+                removed = self.disks.pop(disk.id, None)
+                if removed is not None:
+                    self._release(removed)
+
+            self._then(job, done)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def add_snapshot(self, vm: Vm, description: str, memory: bool, correlation_id: str | None) -> Snapshot:
+        with self.lock:
+            self._unlocked(vm, "create Snapshot")
+            if vm.status not in ("up", "down", "suspended"):
+                raise conflict("create Snapshot", f"VM status is {vm.status}.")
+            memory = memory and vm.status == "up"
+            snap = Snapshot(str(uuid.uuid4()), description, now(), memory, "locked", image=self._image(vm))
+            vm.snapshots.append(snap)
+            job = self.begin_job(f"Creating VM Snapshot {description} for VM {vm.name}", correlation_id)
+
+            def done() -> None:
+                snap.status = "ok"
+
+            self._then(job, done)
+            return snap
+
+    def restore_snapshot(self, vm: Vm, snap: Snapshot, restore_memory: bool, correlation_id: str | None) -> None:
+        with self.lock:
+            self._unlocked(vm, "revert to Snapshot")
+            if snap.snapshot_type != "regular":
+                raise conflict("revert to Snapshot", "The snapshot is the active VM configuration.")
+            if vm.status != "down":
+                raise conflict("revert to Snapshot", "VM is running.")
+            image = snap.image
+            assert image is not None
+            job = self.begin_job(f"Restoring VM Snapshot {snap.description} of VM {vm.name}", correlation_id)
+            vm.status = "image_locked"
+            snap.status = "locked"
+
+            def done() -> None:
+                vm.sockets, vm.cores, vm.threads, vm.memory = image.sockets, image.cores, image.threads, image.memory
+                vm.description, vm.ha_enabled, vm.ha_priority = image.description, image.ha_enabled, image.ha_priority
+                kept = {a.disk_id for a in image.attachments}
+                for att in list(vm.attachments):
+                    if att.disk_id not in kept:
+                        vm.attachments.remove(att)
+                        removed = self.disks.pop(att.disk_id, None)
+                        if removed is not None:
+                            self._release(removed)
+                snap.status = "ok"
+                vm.status = "down"
+                if restore_memory and snap.persist_memorystate:
+                    # The engine resumes the saved memory on the next run.
+                    vm.status = "suspended"
+                    vm.host_id = image.host_id if image.host_id in self.hosts else None
+
+            self._then(job, done)
+
+    def remove_snapshot(self, vm: Vm, snap: Snapshot, correlation_id: str | None) -> None:
+        with self.lock:
+            if snap.snapshot_type == "active":
+                raise conflict("remove Snapshot", "Cannot remove the active snapshot.")
+            if snap.status == "locked":
+                raise conflict("remove Snapshot", "Snapshot is currently being created.")
+            job = self.begin_job(f"Removing Snapshot {snap.description} of VM {vm.name}", correlation_id)
+            snap.status = "locked"
+
+            def done() -> None:
+                if snap in vm.snapshots:
+                    vm.snapshots.remove(snap)
+
+            self._then(job, done)
