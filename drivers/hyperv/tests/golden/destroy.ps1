@@ -1,0 +1,13 @@
+$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue'
+function Fail($m,$c,$i){Write-Error -Message $m -Category $c -ErrorId $i}
+function Out-VD($o){$j=$o|ConvertTo-Json -Depth 4 -Compress;[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes([string]$j))}
+function Get-VDNodes{if(Get-Command Get-ClusterNode -EA 0){@(Get-ClusterNode|?{$_.State -eq 'Up'}|%{$_.Name})}else{@($env:COMPUTERNAME)}}
+function Get-VDVM($id){$v=Get-VM -ComputerName (Get-VDNodes) -Id $id -EA 0;if(-not $v){Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}
+$vm=Get-VDVM $a.id
+$p=@($vm.HardDrives|?{$_.Path}|%{$_.Path})
+if($vm.IsClustered){Get-ClusterGroup -Name ([string]$vm.Id) -EA 0|Remove-ClusterGroup -RemoveResources -Force}
+if($vm.State -eq 'Saved'){Remove-VMSavedState -VM $vm}elseif($vm.State -ne 'Off'){Stop-VM -VM $vm -TurnOff -Force}
+Get-VMSnapshot -VM $vm|Remove-VMSnapshot
+Remove-VM -VM $vm -Force
+foreach($f in $p){Remove-Item -LiteralPath $f -Force -EA 0}
+Out-VD @()

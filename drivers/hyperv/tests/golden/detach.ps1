@@ -1,0 +1,11 @@
+$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue'
+function Fail($m,$c,$i){Write-Error -Message $m -Category $c -ErrorId $i}
+function Out-VD($o){$j=$o|ConvertTo-Json -Depth 4 -Compress;[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes([string]$j))}
+function Get-VDNodes{if(Get-Command Get-ClusterNode -EA 0){@(Get-ClusterNode|?{$_.State -eq 'Up'}|%{$_.Name})}else{@($env:COMPUTERNAME)}}
+function Get-VDVM($id){$v=Get-VM -ComputerName (Get-VDNodes) -Id $id -EA 0;if(-not $v){Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}
+$vm=Get-VDVM $a.id
+$d=@($vm.HardDrives|?{$_.Path -eq $a.path})
+if(-not $d.Count){Fail "The disk $($a.path) is not attached." ObjectNotFound VDDiskNotFound}
+Remove-VMHardDiskDrive -VMHardDiskDrive $d[0]
+if($a.delete){Remove-Item -LiteralPath $a.path -Force}
+Out-VD @()

@@ -1,0 +1,5 @@
+$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue'
+function Fail($m,$c,$i){Write-Error -Message $m -Category $c -ErrorId $i}
+function Out-VD($o){$j=$o|ConvertTo-Json -Depth 4 -Compress;[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes([string]$j))}
+$c=$null;if(Get-Command Get-Cluster -EA 0){$c=(Get-Cluster).Name}
+Out-VD ([pscustomobject]@{Host=$env:COMPUTERNAME;Os=[Environment]::OSVersion.Version.ToString();Cluster=$c;Ps=$PSVersionTable.PSVersion.ToString()})

@@ -1,0 +1,1 @@
+"""Hyper-V backend for virtdrivers."""

@@ -1,0 +1,344 @@
+"""The fixed PowerShell scripts the driver runs, one per operation.
+
+No user value is ever spliced into script text. Every script starts with the same
+line that decodes one base64 argument (UTF-8 JSON) into ``$a``; base64's alphabet
+cannot close the single-quoted literal that carries it, so a VM called
+``x'; Remove-VM *`` is only ever data. The rest of each script is a constant,
+pinned by golden tests and recognised by the simulator by its SHA-256.
+
+Output is returned the same way in reverse: ``ConvertTo-Json`` text, base64-encoded
+so that the shell's OEM code page cannot mangle non-ASCII names. The JSON keeps
+every Windows PowerShell 5.1 quirk (enums as integers, one object instead of a
+one-element array, ``\\/Date(ms)\\/``), which :mod:`virtdrivers_hyperv.mapping` undoes.
+
+Each script must stay well under the 8,191-character cmd.exe command line once
+encoded (UTF-16LE then base64 grows it about 2.67 times); :func:`command_line`
+refuses anything longer before it is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+__all__ = [
+    "CMD_LIMIT",
+    "DATA_PREFIX",
+    "DATA_SUFFIX",
+    "SCRIPTS",
+    "STDIN_LINE",
+    "ScriptTooLong",
+    "body_digest",
+    "command_line",
+    "render",
+    "render_stdin",
+    "split_script",
+]
+
+#: cmd.exe refuses longer command lines ("The command line is too long.").
+CMD_LIMIT = 8191
+
+DATA_PREFIX = "$a=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('"
+DATA_SUFFIX = "'))|ConvertFrom-Json\n"
+#: Arguments too large for the command line come on stdin (WinRM Send), as Ansible's bootstrap does.
+# ASSUMPTION: in ``powershell -encodedcommand`` run by WinRM, ``$input`` enumerates the lines sent to stdin.
+STDIN_LINE = (
+    "$a=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String((@($input) -join '').Trim()))|ConvertFrom-Json\n"
+)
+
+
+class ScriptTooLong(ValueError):
+    """A rendered command line would exceed the cmd.exe limit."""
+
+
+# -- shared snippets (constants; composed into each operation's body) ------------------------
+
+_PRELUDE = (
+    "$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue'\n"
+    "function Fail($m,$c,$i){Write-Error -Message $m -Category $c -ErrorId $i}\n"
+)
+
+_OUT = (
+    "function Out-VD($o){$j=$o|ConvertTo-Json -Depth 4 -Compress;"
+    "[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes([string]$j))}\n"
+)
+
+# Up cluster nodes, or this host alone when the FailoverClusters module is absent.
+_NODES = (
+    "function Get-VDNodes{if(Get-Command Get-ClusterNode -EA 0)"
+    "{@(Get-ClusterNode|?{$_.State -eq 'Up'}|%{$_.Name})}else{@($env:COMPUTERNAME)}}\n"
+)
+
+# Find one VM by id on any node; a typed ObjectNotFound error when it is not there.
+_FIND = (
+    "function Get-VDVM($id){$v=Get-VM -ComputerName (Get-VDNodes) -Id $id -EA 0;"
+    'if(-not $v){Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}\n'
+)
+
+# Projection of VMs with their disks; one Get-VHD call for every disk of every VM.
+_INFO = (
+    "function Get-VDInfo($vms){$p=@($vms|%{$_.HardDrives}|?{$_.Path}|"
+    "%{$_.Path});$h=@{};if($p.Count){Get-VHD -Path $p|%{$h[$_.Path]=$_}};"
+    "foreach($v in $vms){[pscustomobject]@{Id=[string]$v.Id;Name=$v.Name;State=$v.State;"
+    "Cpu=$v.ProcessorCount;Mem=$v.MemoryStartup;Host=$v.ComputerName;Notes=$v.Notes;Clustered=$v.IsClustered;"
+    "Disks=@($v.HardDrives|?{$_.Path}|%{$d=$h[$_.Path];[pscustomobject]@{"
+    "Path=$_.Path;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat}})}}}\n"
+)
+
+_FRESH = "function Get-VDFresh($v){Get-VM -ComputerName $v.ComputerName -Id $v.Id}\n"
+
+_SNAP = (
+    "function Out-VDSnap($s){[pscustomobject]@{Id=[string]$s.Id;Name=$s.Name;Created=$s.CreationTime;State=$s.State}}\n"
+)
+
+_HA = (
+    "function Out-VDHA($id){$g=$null;if(Get-Command Get-ClusterGroup -EA 0)"
+    "{$g=Get-ClusterGroup -Name $id -EA 0};if($g){[pscustomobject]@{Enabled=$true;"
+    "Owner=$g.OwnerNode.Name;State=$g.State;Priority=$g.Priority}}else{[pscustomobject]@{Enabled=$false}}}\n"
+)
+
+_TARGET = (
+    "function Get-VDTarget($vm,$node){if($node){$n=Get-ClusterNode -Name $node;"
+    "if($n.State -ne 'Up'){Fail \"Node $node is not up.\" InvalidOperation VDNodeDown};if($n.Name -eq"
+    ' $vm.ComputerName){Fail "The virtual machine is on '
+    '$node already." InvalidArgument VDSameNode};return $n.Name};'
+    "$t=Get-VDNodes|?{$_ -ne $vm.ComputerName}|Select-Object -First 1;"
+    "if(-not $t){Fail 'No other node is up.' InvalidOperation VDNoNode};$t}\n"
+)
+
+
+def _vm_op(body: str, *extra: str) -> str:
+    """A script acting on one VM found by ``$a.id`` and answering with its projection."""
+    return (
+        _PRELUDE
+        + _OUT
+        + _NODES
+        + _FIND
+        + _INFO
+        + _FRESH
+        + "".join(extra)
+        + "$vm=Get-VDVM $a.id\n"
+        + body
+        + "Out-VD @(Get-VDInfo @(Get-VDFresh $vm))\n"
+    )
+
+
+_REQUIRE_RUNNING = (
+    "if($vm.State -ne 'Running'){Fail \"The virtual machine is $($vm.State), it must be "
+    'Running." InvalidOperation VDInvalidState}\n'
+)
+
+SCRIPTS: dict[str, str] = {
+    "info": _PRELUDE + _OUT + "$c=$null;if(Get-Command Get-Cluster -EA 0){$c=(Get-Cluster).Name}\n"
+    "Out-VD ([pscustomobject]@{Host=$env:COMPUTERNAME;Os=[Environment]::OSVersion.Version.ToString();"
+    "Cluster=$c;Ps=$PSVersionTable.PSVersion.ToString()})\n",
+    "nodes": _PRELUDE + _OUT + "if(Get-Command Get-ClusterNode -EA 0){"
+    "Out-VD @(Get-ClusterNode|%{[pscustomobject]@{Name=$_.Name;State=$_.State}})}"
+    "else{Out-VD @([pscustomobject]@{Name=$env:COMPUTERNAME;State=0})}\n",
+    "aggregates": _PRELUDE + _OUT + "if(Get-Command Get-Cluster -EA 0){$c=Get-Cluster;"
+    "Out-VD @([pscustomobject]@{Name=$c.Name;Nodes=@(Get-ClusterNode|%{$_.Name})})}"
+    "else{Out-VD @()}\n",
+    "list": _PRELUDE + _OUT + _NODES + _INFO + "Out-VD @(Get-VDInfo @(Get-VM -ComputerName (Get-VDNodes)))\n",
+    "get": _vm_op(""),
+    "host": _PRELUDE + _OUT + "$n=if($a.node){$a.node}else{$env:COMPUTERNAME}\n"
+    "$h=Get-VMHost -ComputerName $n\n"
+    "$r=@(Get-VM -ComputerName $n|?{$_.State -eq 'Running' -or $_.State -eq 'Paused'})\n"
+    "$c=($r|Measure-Object -Property ProcessorCount -Sum).Sum;$m=($r|Measure-Object -Property MemoryStartup -Sum).Sum\n"
+    "$v=Get-Volume -FilePath $a.path\n"
+    "Out-VD ([pscustomobject]@{Name=$h.ComputerName;Cpu=$h.LogicalProcessorCount;Mem=$h.MemoryCapacity;"
+    "CpuUsed=[int]$c;MemUsed=[long]$m;DiskSize=$v.Size;DiskFree=$v.SizeRemaining;"
+    "Ver=(Get-CimInstance -ClassName Win32_OperatingSystem -ComputerName $n).Version})\n",
+    "create": _PRELUDE + _OUT + _NODES + _INFO + "$all=Get-VDNodes\n"
+    "if(@(Get-VM -ComputerName $all|?{$_.Name -eq $a.name}).Count){Fail "
+    '"A virtual machine named $($a.name) exists already." ResourceExists VDNameExists}\n'
+    "$n=if($a.node){$a.node}else{$all|Sort-Object{(Get-VM -ComputerName $_|Measure-Object -Property "
+    "MemoryStartup -Sum).Sum}|Select-Object -First 1}\n"
+    "$vm=$null;$g=$null;$made=@()\n"
+    "try{\n"
+    "$vm=New-VM -ComputerName $n -Name $a.name -Generation 2 -MemoryStartupBytes $a.mem -NoVHD\n"
+    "Set-VM -VM $vm -Notes $a.notes\n"
+    "if($a.disks.Count){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}\n"
+    '$i=0;foreach($d in $a.disks){$f=Join-Path $a.dir "disk$i.vhdx";$i++\n'
+    "if($d.fixed){New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Fixed|Out-Null}"
+    "else{New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Dynamic|Out-Null}\n"
+    "$made+=$f;Add-VMHardDiskDrive -VM $vm -Path $f}\n"
+    "Set-VMProcessor -VM $vm -Count $a.cpu\n"
+    "Set-VMMemory -VM $vm -DynamicMemoryEnabled $false -StartupBytes $a.mem\n"
+    "if($a.ha){$g=Add-ClusterVirtualMachineRole -VMId $vm.Id -Name ([string]$vm.Id)}\n"
+    "if($a.start){Start-VM -VM $vm}\n"
+    "}catch{$e=$_\n"
+    "if($g){Remove-ClusterGroup -InputObject $g -RemoveResources -Force -EA 0}\n"
+    "if($vm){Stop-VM -VM $vm -TurnOff -Force -EA 0;Remove-VM -VM $vm -Force}\n"
+    "foreach($f in $made){Remove-Item -LiteralPath $f -Force -EA 0}\n"
+    "if($a.disks.Count){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}\n"
+    "throw $e}\n"
+    "Out-VD @(Get-VDInfo @(Get-VM -ComputerName $n -Id $vm.Id))\n",
+    "destroy": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+    "$p=@($vm.HardDrives|?{$_.Path}|%{$_.Path})\n"
+    "if($vm.IsClustered){Get-ClusterGroup -Name ([string]$vm.Id) -EA 0|"
+    "Remove-ClusterGroup -RemoveResources -Force}\n"
+    "if($vm.State -eq 'Saved'){Remove-VMSavedState -VM $vm}elseif($vm.State -ne 'Off'){Stop-VM -VM $vm"
+    " -TurnOff -Force}\n"
+    "Get-VMSnapshot -VM $vm|Remove-VMSnapshot\n"
+    "Remove-VM -VM $vm -Force\n"
+    "foreach($f in $p){Remove-Item -LiteralPath $f -Force -EA 0}\n"
+    "Out-VD @()\n",
+    # After a create that was cut off (timeout, lost connection): remove what carries its token.
+    "purge": _PRELUDE
+    + _OUT
+    + _NODES
+    + "$vms=@(Get-VM -ComputerName (Get-VDNodes)|?{$_.Notes -and $_.Notes.Contains($a.token)})\n"
+    "foreach($vm in $vms){if($vm.IsClustered){Get-ClusterGroup -Name ([string]$vm.Id) -EA 0|"
+    "Remove-ClusterGroup -RemoveResources -Force}\n"
+    "if($vm.State -ne 'Off'){Stop-VM -VM $vm -TurnOff -Force -EA 0};Remove-VM -VM $vm -Force}\n"
+    "if(Test-Path -LiteralPath $a.dir){Remove-Item -LiteralPath $a.dir -Recurse -Force}\n"
+    "Out-VD @($vms|%{[string]$_.Id})\n",
+    "start": _vm_op("if($vm.State -ne 'Running'){Start-VM -VM $vm}\n"),
+    "stop": _vm_op(
+        "if($vm.State -ne 'Off'){\n"
+        "if($vm.State -eq 'Running' -and -not $a.force){$j=Stop-VM -VM $vm -Force -AsJob\n"
+        "if(-not (Wait-Job -Job $j -Timeout $a.timeout)){Stop-Job -Job $j};Remove-Job -Job $j -Force\n"
+        "$vm=Get-VDFresh $vm}\n"
+        "if($vm.State -eq 'Saved'){Remove-VMSavedState -VM $vm}elseif($vm.State -ne 'Off')"
+        "{Stop-VM -VM $vm -TurnOff -Force}}\n"
+    ),
+    "reboot": _vm_op(
+        "if($a.hard){Restart-VM -VM $vm -Force}else{\n"
+        + _REQUIRE_RUNNING
+        + "Stop-VM -VM $vm -Force;Start-VM -VM $vm}\n"
+    ),
+    "pause": _vm_op("Suspend-VM -VM $vm\n"),
+    "unpause": _vm_op("Resume-VM -VM $vm\n"),
+    "suspend": _vm_op("Save-VM -VM $vm\n"),
+    "resume": _vm_op(
+        "if($vm.State -ne 'Saved'){Fail \"The virtual machine is $($vm.State), it must be "
+        'Saved." InvalidOperation VDInvalidState}\nStart-VM -VM $vm\n'
+    ),
+    "resize": _vm_op(
+        "if($null -ne $a.cpu){Set-VMProcessor -VM $vm -Count $a.cpu}\n"
+        "if($null -ne $a.mem){Set-VMMemory -VM $vm -StartupBytes $a.mem}\n"
+    ),
+    "attach": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+    "$o=@($vm.HardDrives|?{$_.Path})\n"
+    '$dir=if($o.Count){Split-Path -Parent $o[0].Path}else{Join-Path $a.root "vd-$($vm.Id)"}\n'
+    "$a|Add-Member -NotePropertyName path -NotePropertyValue (Join-Path $dir $a.file)\n"
+    "New-Item -ItemType Directory -Path $dir -Force|Out-Null\n"
+    "if($a.fixed){New-VHD -ComputerName $vm.ComputerName -Path $a.path -SizeBytes $a.size -Fixed|Out-Null}"
+    "else{New-VHD -ComputerName $vm.ComputerName -Path $a.path -SizeBytes $a.size -Dynamic|Out-Null}\n"
+    "try{Add-VMHardDiskDrive -VM $vm -Path $a.path}catch{$e=$_;"
+    "Remove-Item -LiteralPath $a.path -Force -EA 0;throw $e}\n"
+    "if($a.notes){Set-VM -VM $vm -Notes $a.notes}\n"
+    "$d=Get-VHD -Path $a.path\n"
+    "Out-VD ([pscustomobject]@{Path=$d.Path;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat})\n",
+    "detach": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+    "$d=@($vm.HardDrives|?{$_.Path -eq $a.path})\n"
+    'if(-not $d.Count){Fail "The disk $($a.path) is not attached." ObjectNotFound VDDiskNotFound}\n'
+    "Remove-VMHardDiskDrive -VMHardDiskDrive $d[0]\n"
+    "if($a.delete){Remove-Item -LiteralPath $a.path -Force}\n"
+    "Out-VD @()\n",
+    "checkpoint": _PRELUDE + _OUT + _NODES + _FIND + _SNAP + "$vm=Get-VDVM $a.id\n"
+    "if(@(Get-VMSnapshot -VM $vm|?{$_.Name -eq $a.name}).Count){Fail "
+    '"A checkpoint named $($a.name) exists already." ResourceExists VDSnapExists}\n'
+    "$t=$vm.CheckpointType\n"
+    "Set-VM -VM $vm -CheckpointType $(if($a.memory){'Standard'}else{'Production'})\n"
+    "try{$s=Checkpoint-VM -VM $vm -SnapshotName $a.name -Passthru}finally{Set-VM -VM $vm -CheckpointType $t}\n"
+    "Out-VD (Out-VDSnap $s)\n",
+    "snapshots": _PRELUDE + _OUT + _NODES + _FIND + _SNAP + "$vm=Get-VDVM $a.id\n"
+    "Out-VD @(Get-VMSnapshot -VM $vm|%{Out-VDSnap $_})\n",
+    "revert": _vm_op(
+        "$s=@(Get-VMSnapshot -VM $vm|?{[string]$_.Id -eq $a.sid})\n"
+        'if(-not $s.Count){Fail "Checkpoint $($a.sid) not found." ObjectNotFound VDSnapNotFound}\n'
+        "if($vm.State -ne 'Off' -and $vm.State -ne 'Saved'){Stop-VM -VM $vm -TurnOff -Force}\n"
+        "Restore-VMSnapshot -VMSnapshot $s[0] -Confirm:$false\n"
+        "$vm=Get-VDFresh $vm;if($vm.State -eq 'Saved'){Start-VM -VM $vm}\n"
+    ),
+    "unsnapshot": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+    "$s=@(Get-VMSnapshot -VM $vm|?{[string]$_.Id -eq $a.sid})\n"
+    'if(-not $s.Count){Fail "Checkpoint $($a.sid) not found." ObjectNotFound VDSnapNotFound}\n'
+    "Remove-VMSnapshot -VMSnapshot $s[0]\n"
+    "Out-VD @()\n",
+    "move": _vm_op(
+        "$want=if($a.live){'Running'}else{'Off'}\n"
+        'if($vm.State -ne $want){Fail "The virtual machine is $($vm.State), it must be $want."'
+        " InvalidOperation VDInvalidState}\n"
+        "$t=Get-VDTarget $vm $a.node\n"
+        "if($vm.IsClustered){Move-ClusterVirtualMachineRole -Name ([string]$vm.Id) -Node $t "
+        "-MigrationType $(if($a.live){'Live'}else{'Quick'})|Out-Null}else{Move-VM -VM $vm -DestinationHost $t}\n"
+        "$vm=Get-VM -ComputerName $t -Id $vm.Id\n",
+        _TARGET,
+    ),
+    "ha_set": _PRELUDE + _OUT + _NODES + _FIND + _HA + "$vm=Get-VDVM $a.id;$id=[string]$vm.Id\n"
+    "$g=Get-ClusterGroup -Name $id -EA 0\n"
+    "if($a.enabled){if(-not $g){$g=Add-ClusterVirtualMachineRole -VMId $vm.Id -Name $id};$g.Priority=$a.priority}"
+    "elseif($g){Remove-ClusterGroup -InputObject $g -RemoveResources -Force}\n"
+    "Out-VD (Out-VDHA $id)\n",
+    "ha_get": _PRELUDE + _OUT + _NODES + _FIND + _HA + "$vm=Get-VDVM $a.id\nOut-VD (Out-VDHA ([string]$vm.Id))\n",
+    "failover": _PRELUDE + _OUT + _NODES + _FIND + _HA + _TARGET + "$vm=Get-VDVM $a.id;$id=[string]$vm.Id\n"
+    "$g=Get-ClusterGroup -Name $id -EA 0\n"
+    "if(-not $g){Fail 'The virtual machine is not a clustered role.' InvalidOperation VDNotClustered}\n"
+    "$t=Get-VDTarget $vm $a.node\n"
+    "Move-ClusterGroup -InputObject $g -Node $t|Out-Null\n"
+    "Out-VD (Out-VDHA $id)\n",
+    "set_notes": _vm_op("Set-VM -VM $vm -Notes $a.notes\n"),
+    # Rebuild on $a.node: move a stopped VM, or re-register the configuration of a VM whose node is down.
+    "evacuate": _PRELUDE + _OUT + _NODES + _INFO + "$n=Get-ClusterNode -Name $a.node\n"
+    "if($n.State -ne 'Up'){Fail \"Node $($a.node) is not up.\" InvalidOperation VDNodeDown};$t=$n.Name\n"
+    "$vm=Get-VM -ComputerName (Get-VDNodes) -Id $a.id -EA 0\n"
+    "if($vm){if($vm.State -ne 'Off'){Fail \"The virtual machine is $($vm.State) on a node that is up: migrate it.\" "
+    "InvalidOperation VDInvalidState}\n"
+    'if($vm.ComputerName -eq $t){Fail "The virtual machine is on $t already." InvalidArgument VDSameNode}\n'
+    "if($vm.IsClustered){Move-ClusterGroup -Name ([string]$vm.Id) -Node $t|Out-Null}"
+    "else{Move-VM -VM $vm -DestinationHost $t}}else{\n"
+    '$p=Join-Path (Get-VMHost -ComputerName $t).VirtualMachinePath "Virtual Machines\\$($a.id).vmcx"\n'
+    'if(-not (Test-Path -LiteralPath $p)){Fail "Hyper-V was unable to find a virtual machine with ID $($a.id)." '
+    "ObjectNotFound VDVMNotFound}\n"
+    "Import-VM -Path $p -Register -ComputerName $t|Out-Null}\n"
+    "Out-VD @(Get-VDInfo @(Get-VM -ComputerName $t -Id $a.id))\n",
+}
+
+
+def _encode(args: dict[str, Any]) -> str:
+    data = json.dumps(args, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return base64.b64encode(data.encode("utf-8")).decode("ascii")
+
+
+def render(name: str, args: dict[str, Any] | None = None) -> str:
+    """The full script for operation ``name``: the data line, then the fixed body."""
+    return DATA_PREFIX + _encode(args or {}) + DATA_SUFFIX + SCRIPTS[name]
+
+
+def render_stdin(name: str, args: dict[str, Any] | None = None) -> tuple[str, bytes]:
+    """The script for ``name`` reading its arguments from stdin, and the stdin bytes to send."""
+    return STDIN_LINE + SCRIPTS[name], _encode(args or {}).encode("ascii") + b"\r\n"
+
+
+def split_script(script: str, stdin: bytes | None = None) -> tuple[dict[str, Any], str]:
+    """Inverse of :func:`render` (or :func:`render_stdin` with its ``stdin``): arguments and the fixed body."""
+    if script.startswith(STDIN_LINE):
+        if stdin is None:
+            raise ValueError("the script reads its arguments from stdin")
+        payload, body = "".join(stdin.decode("ascii").split()), script[len(STDIN_LINE) :]
+    elif script.startswith(DATA_PREFIX):
+        end = script.index(DATA_SUFFIX, len(DATA_PREFIX))
+        payload, body = script[len(DATA_PREFIX) : end], script[end + len(DATA_SUFFIX) :]
+    else:
+        raise ValueError("not a virtdrivers script")
+    args = json.loads(base64.b64decode(payload, validate=True).decode("utf-8"))
+    if not isinstance(args, dict):
+        raise ValueError("script arguments are not an object")
+    return args, body
+
+
+def body_digest(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def command_line(script: str) -> str:
+    """The cmd.exe command line pywinrm sends for ``script``; ScriptTooLong past the limit."""
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    line = f"powershell -encodedcommand {encoded}"
+    if len(line) > CMD_LIMIT:
+        raise ScriptTooLong(f"command line of {len(line)} characters exceeds the cmd.exe limit of {CMD_LIMIT}")
+    return line

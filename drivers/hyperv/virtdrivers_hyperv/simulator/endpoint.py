@@ -1,0 +1,132 @@
+"""The embedded endpoints: a simulator subprocess per endpoint, on 127.0.0.1 with a free port.
+
+``https-basic`` serves HTTPS with a CA made at start (the driver verifies against it)
+and Basic authentication; ``ntlm`` serves plain HTTP with NTLM and MS-WSMV message
+encryption. Each start makes its own scratch directory and random password, and each
+stop ends exactly the process it started (by PID) and removes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from virtdrivers.driver import EmbeddedEndpoint
+from virtdrivers.errors import BackendUnavailable
+from virtdrivers_hyperv.simulator.app import PASSWORD_ENV
+
+__all__ = ["embedded_endpoints", "run_simulator"]
+
+_START_TIMEOUT = 30.0
+_USER = "vd-admin"
+
+
+@contextlib.contextmanager
+def run_simulator(
+    *, https: bool, inventory: dict[str, Any] | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[dict[str, Any]]:
+    """Start ``python -m virtdrivers_hyperv.simulator`` and yield driver settings for it."""
+    scratch = Path(tempfile.mkdtemp(prefix="vd-hyperv-ep-"))
+    password = secrets.token_urlsafe(18)
+    cmd = [
+        sys.executable, "-m", "virtdrivers_hyperv.simulator",
+        "--host", "127.0.0.1", "--port", "0", "--user", _USER,
+        "--dir", str(scratch), "--exit-on-stdin-eof", *extra_args,
+    ]  # fmt: skip
+    if https:
+        cmd.append("--https")
+    if inventory is not None:
+        inv = scratch / "inventory.json"
+        inv.write_text(json.dumps(inventory))
+        cmd += ["--inventory", str(inv)]
+    env = {**os.environ, PASSWORD_ENV: password}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        info = _first_line(proc)
+        yield {
+            "host": "127.0.0.1",
+            "port": info["port"],
+            "https": https,
+            "transport": "basic" if https else "ntlm",
+            "user": _USER,
+            "password": password,
+            "ca_file": info.get("ca_file"),
+            "operation_timeout": 5,
+        }
+    finally:
+        _stop(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _first_line(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + _START_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            if sel.select(timeout=deadline - time.monotonic()):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                info: dict[str, Any] = json.loads(line)
+                return info
+    finally:
+        sel.close()
+    raise BackendUnavailable(f"the Hyper-V simulator did not start (exit code {proc.poll()})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the simulator we started, and only it: close its stdin, then SIGTERM, then SIGKILL, by PID."""
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@contextlib.contextmanager
+def _https_basic() -> Iterator[Mapping[str, Any]]:
+    with run_simulator(https=True) as settings:
+        yield settings
+
+
+@contextlib.contextmanager
+def _ntlm() -> Iterator[Mapping[str, Any]]:
+    with run_simulator(https=False) as settings:
+        yield settings
+
+
+def embedded_endpoints() -> Sequence[EmbeddedEndpoint]:
+    return (
+        EmbeddedEndpoint(
+            "https-basic",
+            "Hyper-V simulator (2-node failover cluster) over HTTPS with Basic auth, CA verified",
+            _https_basic,
+        ),
+        EmbeddedEndpoint(
+            "ntlm",
+            "Hyper-V simulator (2-node failover cluster) over HTTP with NTLM and MS-WSMV message encryption",
+            _ntlm,
+        ),
+    )
