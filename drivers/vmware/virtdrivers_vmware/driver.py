@@ -1,0 +1,758 @@
+"""The vSphere driver: a vCenter's clusters as compute nodes, driven through pyVmomi.
+
+A node is a cluster, as a compute agent sees a vCenter: its resources are the sum
+of its hosts, and the instance's ``host`` field names the ESXi host it runs on.
+Live and cold migration without a node move an instance to another host of its
+own cluster (vMotion inside the cluster); naming another cluster relocates it
+there. pyVmomi is imported only once a session connects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.driver import Driver, EmbeddedEndpoint, EventCallback, ProgressCallback, Subscription
+from virtdrivers.errors import DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.objects import (
+    Aggregate,
+    BackendInfo,
+    DiskInfo,
+    DiskSpec,
+    HAPriority,
+    HAState,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    NodeInfo,
+    PowerState,
+    SnapshotInfo,
+)
+from virtdrivers_vmware import mapping
+from virtdrivers_vmware._sdk import sdk
+from virtdrivers_vmware.session import Session, VSphereSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Every inventory object type the driver reads, with exactly the properties it needs.
+_TOPOLOGY = {
+    "Datacenter": mapping.DATACENTER_PROPERTIES,
+    "ClusterComputeResource": mapping.CLUSTER_PROPERTIES,
+    "HostSystem": mapping.HOST_PROPERTIES,
+    "Datastore": mapping.DATASTORE_PROPERTIES,
+}
+_INVENTORY = {**_TOPOLOGY, "VirtualMachine": mapping.VM_LIST_PROPERTIES}
+
+
+def _vcsim_endpoint() -> Any:
+    from virtdrivers_vmware.simulator import vcsim_endpoint
+
+    return vcsim_endpoint(vms=1)
+
+
+class VSphereDriver(Driver):
+    """vCenter clusters as nodes; VMs created in a cluster's root resource pool."""
+
+    name = "vmware"
+    capabilities = frozenset(
+        {
+            Capability.SUSPEND,
+            Capability.RESIZE_CPU,
+            Capability.RESIZE_MEMORY,
+            Capability.ATTACH_DISK,
+            Capability.DETACH_DISK,
+            Capability.SNAPSHOT,
+            Capability.SNAPSHOT_MEMORY,
+            Capability.LIVE_MIGRATE,
+            Capability.COLD_MIGRATE,
+            Capability.AGGREGATES,
+            Capability.HIGH_AVAILABILITY,
+            Capability.ADOPT,
+            Capability.EVENTS,
+            Capability.DISK_VMDK,
+        }
+    )
+    settings_model = VSphereSettings
+    default_disk_format: ClassVar[DiskFormat | None] = DiskFormat.VMDK
+    unique_names = True
+    settings: VSphereSettings
+
+    @classmethod
+    def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        return (
+            EmbeddedEndpoint(
+                "vcsim",
+                "govmomi's vCenter simulator over HTTPS on 127.0.0.1: 1 datacenter, "
+                "2 clusters of 2 hosts, 1 unmanaged VM per cluster",
+                _vcsim_endpoint,
+            ),
+        )
+
+    def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._session: Session | None = None
+        self._subs_lock = threading.Lock()
+        self._watchers: set[Any] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _s(self) -> Session:
+        if self._session is None:
+            self.connect()
+        assert self._session is not None
+        return self._session
+
+    def _call(self, what: str, fn: Callable[[Any], T], *, idempotent: bool = False, ref: str | None = None) -> T:
+        return self._s.call(what, fn, idempotent=idempotent, ref=ref)
+
+    def _ref(self, content: Any, kind: str, moid: str) -> Any:
+        vim, _ = sdk()
+
+        return getattr(vim, kind)(moid, content.propertyCollector._stub)
+
+    def _inventory(self, content: Any, *, with_vms: bool = True) -> mapping.Inventory:
+        view = self._s.view(content, tuple(_INVENTORY if with_vms else _TOPOLOGY))
+        return mapping.build_inventory(self._s.retrieve(content, view, dict(_INVENTORY if with_vms else _TOPOLOGY)))
+
+    def _with_topology(
+        self, content: Any, vm_id: str, paths: Sequence[str]
+    ) -> tuple[dict[str, Any], mapping.Inventory]:
+        """One VM's properties plus the clusters and hosts, in one round trip."""
+        vim, vmodl = sdk()
+
+        pc = vmodl.query.PropertyCollector
+        view = self._s.view(content, tuple(_TOPOLOGY))
+        spec = pc.FilterSpec(
+            objectSet=[
+                pc.ObjectSpec(obj=self._ref(content, "VirtualMachine", vm_id), skip=False),
+                pc.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)],
+                ),
+            ],
+            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths))]
+            + [pc.PropertySpec(type=getattr(vim, t), pathSet=list(p)) for t, p in _TOPOLOGY.items()],
+        )
+        objects = self._s.retrieve_specs(content, [spec], None)
+        inv = mapping.build_inventory(objects)
+        props = inv.vms.get(vm_id)
+        if props is None:
+            raise InstanceNotFound(vm_id)
+        return props, inv
+
+    def _scope(self, inv: mapping.Inventory) -> list[mapping.ClusterRow]:
+        clusters = sorted(inv.clusters.values(), key=lambda c: c.name)
+        if self.settings.cluster is None:
+            return clusters
+        scoped = [c for c in clusters if c.name == self.settings.cluster]
+        if not scoped:
+            raise NotFound(f"vsphere: cluster {self.settings.cluster!r} not found")
+        return scoped
+
+    def _in_scope(self, props: dict[str, Any], inv: mapping.Inventory) -> bool:
+        if self.settings.cluster is None:
+            return True
+        cluster = inv.cluster_of_host(mapping.moid(props.get("runtime.host")))
+        return cluster is not None and cluster.name == self.settings.cluster
+
+    def _managed(
+        self, content: Any, instance_id: str, paths: Sequence[str] = mapping.VM_DETAIL_PROPERTIES
+    ) -> tuple[dict[str, Any], mapping.Inventory]:
+        props, inv = self._with_topology(content, instance_id, paths)
+        if not mapping.is_managed(props) or not self._in_scope(props, inv):
+            raise InstanceNotFound(instance_id)
+        return props, inv
+
+    def _info(self, content: Any, instance_id: str) -> InstanceInfo:
+        props, inv = self._managed(content, instance_id)
+        return mapping.instance_info(instance_id, props, inv)
+
+    def _task(self, content: Any, task: Any, what: str) -> Any:
+        return self._s.wait_for_task(content, task, what=what)
+
+    def _cluster_node(self, inv: mapping.Inventory, node: str) -> mapping.ClusterRow:
+        for cluster in self._scope(inv):
+            if cluster.name == node:
+                return cluster
+        raise NotFound(f"vsphere: node (cluster) {node!r} not found")
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._session is not None:
+            return
+        session = Session(self.settings, name=self.name)
+        session.connect()
+        self._session = session
+        if self.settings.cluster is not None:
+            try:
+                self._call("find cluster", lambda c: self._scope(self._inventory(c, with_vms=False)), idempotent=True)
+            except BaseException:
+                self._session = None
+                session.close()
+                raise
+
+    def close(self) -> None:
+        with self._subs_lock:
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.stop()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def backend_info(self) -> BackendInfo:
+        from importlib.metadata import version
+
+        def read(content: Any) -> BackendInfo:
+            about = content.about
+            settings = {o.key: str(o.value) for o in content.setting.setting or () if o.key.startswith("vcsim.")}
+            simulated = "vcsim.server.url" in settings
+            backend_version = f"{about.fullName}"
+            if simulated:
+                govmomi = settings.get("vcsim.virtdrivers.govmomi", "")
+                backend_version = f"govmomi {govmomi} ({about.fullName})".strip()
+            return BackendInfo(
+                backend="vcsim" if simulated else "vsphere",
+                backend_version=backend_version,
+                endpoint=f"https://{self.settings.host}:{self.settings.port}/sdk",
+                libraries={"pyvmomi": version("pyvmomi")},
+            )
+
+        return self._call("backend info", read, idempotent=True)
+
+    # -- mandatory core ------------------------------------------------------------------------
+
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every managed VM in scope from one paged RetrievePropertiesEx (one round trip per page)."""
+
+        def read(content: Any) -> list[InstanceInfo]:
+            inv = self._inventory(content)
+            return [
+                mapping.instance_info(oid, props, inv)
+                for oid, props in inv.vms.items()
+                if mapping.is_managed(props) and self._in_scope(props, inv)
+            ]
+
+        return self._call("list instances", read, idempotent=True)
+
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        return self._call("get instance", lambda c: self._info(c, instance_id), idempotent=True, ref=instance_id)
+
+    def find_instance(self, name: str) -> InstanceInfo:
+        for info in self.list_instances():
+            if info.name == name:
+                return info
+        raise InstanceNotFound(name)
+
+    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        report = progress or (lambda fraction, message: None)
+
+        def plan(content: Any) -> tuple[mapping.ClusterRow, str, mapping.DatacenterRow]:
+            inv = self._inventory(content)
+            if any(mapping.vm_name(props.get("name")) == spec.name for props in inv.vms.values()):
+                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
+            if spec.node is not None:
+                cluster = self._cluster_node(inv, spec.node)
+            else:
+                cluster = min(self._scope(inv), key=lambda c: (mapping.cluster_load(c, inv), c.name))
+            stores = [inv.datastores[d] for d in cluster.datastores if d in inv.datastores]
+            if self.settings.datastore is not None:
+                stores = [d for d in stores if d.name == self.settings.datastore]
+                if not stores:
+                    raise NotFound(f"vsphere: datastore {self.settings.datastore!r} not reachable from {cluster.name}")
+            if not stores:
+                raise InvalidState(f"vsphere: cluster {cluster.name!r} has no datastore")
+            store = max(stores, key=lambda d: (d.free, d.name))
+            dc = inv.datacenters.get(cluster.datacenter or "")
+            if dc is None or dc.vm_folder is None:
+                raise InvalidState(f"vsphere: no datacenter VM folder found for {cluster.name!r}")
+            return cluster, store.name, dc
+
+        cluster, datastore, dc = self._call("plan create", plan, idempotent=True)
+        report(0.1, f"creating {spec.name} in {cluster.name} on {datastore}")
+        config = mapping.create_spec(spec, datastore=datastore)
+
+        def make(content: Any) -> str:
+            folder = self._ref(content, "Folder", dc.vm_folder or "")
+            pool = self._ref(content, "ResourcePool", cluster.resource_pool or "")
+            vm = self._task(content, folder.CreateVM_Task(config, pool), f"create {spec.name}")
+            return str(vm._moId)
+
+        try:
+            vm_id = self._call(f"create {spec.name}", make)
+        except InvalidSpec:
+            raise
+        except DriverError as exc:
+            if "DuplicateName" in str(exc):
+                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
+            raise
+        try:
+            report(0.6, "created")
+            if spec.start:
+                self._call(
+                    f"power on {spec.name}",
+                    lambda c: self._task(c, self._ref(c, "VirtualMachine", vm_id).PowerOnVM_Task(), "power on"),
+                )
+                report(0.9, "powered on")
+            info = self.get_instance(vm_id)
+        except BaseException:
+            # Nothing half-made: the VM goes, and with it every disk it created.
+            self._remove(vm_id)
+            raise
+        report(1.0, "created")
+        return info
+
+    def _remove(self, vm_id: str) -> None:
+        """Best-effort removal of a VM we just made (power off, then Destroy_Task with its files)."""
+
+        def remove(content: Any) -> None:
+            vm = self._ref(content, "VirtualMachine", vm_id)
+            objs = self._s.retrieve_objects(content, [vm], ["runtime.powerState"])
+            if objs and mapping.props_of(objs[0]).get("runtime.powerState") != "poweredOff":
+                self._task(content, vm.PowerOffVM_Task(), "power off for cleanup")
+            self._task(content, vm.Destroy_Task(), "destroy for cleanup")
+
+        try:
+            self._call(f"clean up {vm_id}", remove, ref=vm_id)
+        except DriverError as exc:
+            log.error("vsphere: could not remove half-created VM %s: %s", vm_id, exc)
+
+    def destroy(self, instance_id: str) -> None:
+        def run(content: Any) -> None:
+            props, _ = self._managed(content, instance_id, ("runtime.powerState", "config.extraConfig", "runtime.host"))
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            if props.get("runtime.powerState") != "poweredOff":
+                self._task(content, vm.PowerOffVM_Task(), "power off before destroy")
+            self._task(content, vm.Destroy_Task(), "destroy")
+
+        self._call("destroy", run, ref=instance_id)
+
+    def _power_task(
+        self, instance_id: str, what: str, allowed: set[PowerState], method: str, *, noop: PowerState | None = None
+    ) -> InstanceInfo:
+        def run(content: Any) -> InstanceInfo:
+            props, inv = self._managed(content, instance_id)
+            state = mapping.power_state(props.get("runtime.powerState"))
+            if state == noop:
+                return mapping.instance_info(instance_id, props, inv)
+            if state not in allowed:
+                wanted = " or ".join(sorted(s.value for s in allowed))
+                raise InvalidState(f"vsphere: cannot {what} {props.get('name')!r}: it is {state.value}, needs {wanted}")
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            self._task(content, getattr(vm, method)(), what)
+            return self._info(content, instance_id)
+
+        return self._call(what, run, ref=instance_id)
+
+    def power_on(self, instance_id: str) -> InstanceInfo:
+        return self._power_task(
+            instance_id, "power on", {PowerState.SHUTDOWN}, "PowerOnVM_Task", noop=PowerState.RUNNING
+        )
+
+    def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        """Ask the guest (ShutdownGuest, needs VMware Tools), wait for poweredOff, else power off hard."""
+        vim, _ = sdk()
+
+        def run(content: Any) -> InstanceInfo:
+            props, inv = self._managed(content, instance_id)
+            state = props.get("runtime.powerState")
+            if state == "poweredOff":
+                return mapping.instance_info(instance_id, props, inv)
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            if not force and timeout > 0 and state == "poweredOn":
+                try:
+                    vm.ShutdownGuest()
+                except (vim.fault.ToolsUnavailable, vim.fault.InvalidState) as exc:
+                    log.info(
+                        "vsphere: guest shutdown of %s refused (%s); powering off", instance_id, type(exc).__name__
+                    )
+                else:
+                    if self._s.wait_for_power(content, vm, "poweredOff", timeout=timeout, what="guest shutdown"):
+                        return self._info(content, instance_id)
+                    log.info("vsphere: %s ignored the shutdown request for %.0f s; powering off", instance_id, timeout)
+            # The guest may finish shutting down between our wait and the hard power-off.
+            with contextlib.suppress(InvalidState):
+                self._task(content, vm.PowerOffVM_Task(), "power off")
+            return self._info(content, instance_id)
+
+        return self._call("power off", run, ref=instance_id)
+
+    def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
+        """Soft: RebootGuest (needs Tools; vcsim lacks it), falling back to a reset. Hard: ResetVM_Task."""
+
+        def run(content: Any) -> InstanceInfo:
+            props, _ = self._managed(content, instance_id)
+            if props.get("runtime.powerState") != "poweredOn":
+                raise InvalidState(f"vsphere: cannot reboot {props.get('name')!r}: it is not running")
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            if not hard:
+                try:
+                    vm.RebootGuest()
+                    return self._info(content, instance_id)
+                except Exception as exc:
+                    log.info(
+                        "vsphere: guest reboot of %s not possible (%s); resetting", instance_id, type(exc).__name__
+                    )
+            self._task(content, vm.ResetVM_Task(), "reset")
+            return self._info(content, instance_id)
+
+        return self._call("reboot", run, ref=instance_id)
+
+    def list_nodes(self) -> list[NodeInfo]:
+        def read(content: Any) -> list[NodeInfo]:
+            inv = self._inventory(content, with_vms=False)
+            return [
+                NodeInfo(
+                    name=c.name,
+                    hypervisor_type=mapping.HYPERVISOR_TYPE,
+                    state="up" if any(inv.hosts[h].up for h in c.hosts if h in inv.hosts) else "down",
+                )
+                for c in self._scope(inv)
+            ]
+
+        return self._call("list nodes", read, idempotent=True)
+
+    def host_resources(self, node: str | None = None) -> HostResources:
+        def read(content: Any) -> HostResources:
+            inv = self._inventory(content)
+            scope = self._scope(inv)
+            cluster = self._cluster_node(inv, node) if node is not None else scope[0]
+            return mapping.host_resources(cluster, inv, content.about.version)
+
+        return self._call("host resources", read, idempotent=True)
+
+    # -- power extras ---------------------------------------------------------------------------
+
+    def suspend(self, instance_id: str) -> InstanceInfo:
+        return self._power_task(instance_id, "suspend", {PowerState.RUNNING}, "SuspendVM_Task")
+
+    def resume(self, instance_id: str) -> InstanceInfo:
+        return self._power_task(instance_id, "resume", {PowerState.SUSPENDED}, "PowerOnVM_Task")
+
+    def resize(self, instance_id: str, *, vcpus: int | None = None, memory_mb: int | None = None) -> InstanceInfo:
+        vim, _ = sdk()
+
+        def run(content: Any) -> InstanceInfo:
+            self._managed(content, instance_id, ("config.extraConfig", "runtime.host"))
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            spec = vim.vm.ConfigSpec()
+            if vcpus is not None:
+                spec.numCPUs = vcpus
+            if memory_mb is not None:
+                spec.memoryMB = memory_mb
+            self._task(content, vm.ReconfigVM_Task(spec), "resize")
+            return self._info(content, instance_id)
+
+        return self._call("resize", run, ref=instance_id)
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        vim, _ = sdk()
+
+        def run(content: Any) -> DiskInfo:
+            props, _ = self._managed(content, instance_id)
+            devices = props.get("config.hardware.device") or []
+            controller, free = mapping.free_scsi_slots(devices)
+            if controller is None or not free:
+                raise InvalidState(f"vsphere: {props.get('name')!r} has no free SCSI slot")
+            datastore, directory = mapping.vm_directory(str(props.get("config.files.vmPathName", "")))
+            taken = {str(getattr(d.backing, "fileName", "")) for d in devices if mapping.is_disk(d)}
+            index = 1
+            while f"[{datastore}] {mapping.disk_file(directory, str(props.get('name')), index)}" in taken:
+                index += 1
+            path = mapping.disk_file(directory, str(props.get("name")), index)
+            change = mapping.new_disk_change(
+                disk, datastore=datastore, file_path=path, controller_key=controller, unit=free[0], key=-1
+            )
+            spec = vim.vm.ConfigSpec(deviceChange=[change])
+            if disk.label:
+                spec.extraConfig = mapping.label_options({path: disk.label})
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            self._task(content, vm.ReconfigVM_Task(spec), "attach disk")
+            after, _ = self._managed(content, instance_id)
+            extra = mapping.extra_config(after)
+            for dev in after.get("config.hardware.device") or []:
+                if mapping.is_disk(dev) and str(dev.backing.fileName) == f"[{datastore}] {path}":
+                    return mapping.disks_of([dev], extra)[0]
+            raise InvalidState(f"vsphere: attached disk {path!r} did not appear on {props.get('name')!r}")
+
+        return self._call("attach disk", run, ref=instance_id)
+
+    def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
+        vim, _ = sdk()
+
+        def run(content: Any) -> None:
+            props, _ = self._managed(content, instance_id)
+            for dev in props.get("config.hardware.device") or []:
+                if mapping.is_disk(dev) and str(dev.key) == disk_id:
+                    break
+            else:
+                raise NotFound(f"vsphere: disk {disk_id!r} not attached to {props.get('name')!r}")
+            change = vim.vm.device.VirtualDeviceSpec(operation="remove", device=dev)
+            if delete:
+                change.fileOperation = "destroy"
+            spec = vim.vm.ConfigSpec(deviceChange=[change])
+            key = mapping.LABEL_PREFIX + mapping.label_key(str(dev.backing.fileName))
+            if key in mapping.extra_config(props):
+                spec.extraConfig = [vim.option.OptionValue(key=key, value="")]
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            self._task(content, vm.ReconfigVM_Task(spec), "detach disk")
+
+        self._call("detach disk", run, ref=instance_id)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def _snapshots(self, content: Any, instance_id: str) -> tuple[dict[str, Any], list[mapping.SnapshotRow]]:
+        props, _ = self._managed(
+            content,
+            instance_id,
+            (*mapping.VM_LIST_PROPERTIES, "snapshot.rootSnapshotList"),
+        )
+        return props, mapping.flatten_snapshots(props.get("snapshot.rootSnapshotList"))
+
+    def _snap_info(self, instance_id: str, row: mapping.SnapshotRow) -> SnapshotInfo:
+        created = row.created_at
+        if isinstance(created, datetime.datetime) and created.tzinfo is not None:
+            created = created.astimezone(datetime.UTC)
+        return SnapshotInfo(
+            id=row.moid, name=row.name, instance_id=instance_id, created_at=created, with_memory=row.with_memory
+        )
+
+    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
+        def run(content: Any) -> SnapshotInfo:
+            props, rows = self._snapshots(content, instance_id)
+            if any(r.name == name for r in rows):
+                raise InvalidSpec(f"snapshot {name!r} of {props.get('name')!r} exists already", field="name")
+            memory = with_memory and props.get("runtime.powerState") == "poweredOn"
+            description = mapping.MEMORY_MARK if memory else ""
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            snap = self._task(content, vm.CreateSnapshot_Task(name, description, memory, False), "snapshot")
+            _, rows = self._snapshots(content, instance_id)
+            for row in rows:
+                if row.moid == snap._moId:
+                    return self._snap_info(instance_id, row)
+            raise InvalidState(f"vsphere: snapshot {name!r} did not appear")
+
+        return self._call("create snapshot", run, ref=instance_id)
+
+    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
+        def read(content: Any) -> list[SnapshotInfo]:
+            _, rows = self._snapshots(content, instance_id)
+            return [self._snap_info(instance_id, r) for r in rows]
+
+        return self._call("list snapshots", read, idempotent=True, ref=instance_id)
+
+    def _snapshot_row(self, content: Any, instance_id: str, snapshot_id: str) -> mapping.SnapshotRow:
+        props, rows = self._snapshots(content, instance_id)
+        for row in rows:
+            if row.moid == snapshot_id:
+                return row
+        raise NotFound(f"vsphere: snapshot {snapshot_id!r} of {props.get('name')!r} not found")
+
+    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        """RevertToSnapshot_Task, then make the outcome explicit.
+
+        vSphere leaves a VM powered off after reverting to a disk-only snapshot and as it
+        was after a memory snapshot; vcsim 0.24 changes neither power state nor hardware.
+        So the snapshot's recorded size and power state are checked and applied when the
+        server did not (a no-op on a real vCenter).
+        """
+        vim, _ = sdk()
+
+        def run(content: Any) -> InstanceInfo:
+            row = self._snapshot_row(content, instance_id, snapshot_id)
+            snap = vim.vm.Snapshot(snapshot_id, content.propertyCollector._stub)
+            self._task(content, snap.RevertToSnapshot_Task(), "revert snapshot")
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            saved = mapping.props_of(
+                self._s.retrieve_objects(content, [snap], ["config.hardware.numCPU", "config.hardware.memoryMB"])[0]
+            )
+            props, _ = self._managed(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            spec = vim.vm.ConfigSpec()
+            changed = False
+            if saved.get("config.hardware.numCPU") not in (None, props.get("config.hardware.numCPU")):
+                spec.numCPUs, changed = saved["config.hardware.numCPU"], True
+            if saved.get("config.hardware.memoryMB") not in (None, props.get("config.hardware.memoryMB")):
+                spec.memoryMB, changed = saved["config.hardware.memoryMB"], True
+            state = props.get("runtime.powerState")
+            wanted = (row.state or "poweredOn") if row.with_memory else "poweredOff"
+            if changed and state != "poweredOff":
+                self._task(content, vm.PowerOffVM_Task(), "power off to restore the snapshot's hardware")
+                state = "poweredOff"
+            if changed:
+                self._task(content, vm.ReconfigVM_Task(spec), "restore the snapshot's hardware")
+            if wanted == "poweredOff" and state != "poweredOff":
+                self._task(content, vm.PowerOffVM_Task(), "power off after revert")
+            elif wanted == "poweredOn" and state != "poweredOn":
+                self._task(content, vm.PowerOnVM_Task(), "power on after revert")
+            elif wanted == "suspended" and state != "suspended":
+                if state != "poweredOn":
+                    self._task(content, vm.PowerOnVM_Task(), "power on after revert")
+                self._task(content, vm.SuspendVM_Task(), "suspend after revert")
+            return self._info(content, instance_id)
+
+        return self._call("revert snapshot", run, ref=instance_id)
+
+    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        vim, _ = sdk()
+
+        def run(content: Any) -> None:
+            self._snapshot_row(content, instance_id, snapshot_id)
+            snap = vim.vm.Snapshot(snapshot_id, content.propertyCollector._stub)
+            self._task(content, snap.RemoveSnapshot_Task(removeChildren=False), "delete snapshot")
+
+        self._call("delete snapshot", run, ref=instance_id)
+
+    # -- migration --------------------------------------------------------------------------------
+
+    def _relocate(
+        self, instance_id: str, node: str | None, progress: ProgressCallback | None, state: str, what: str
+    ) -> InstanceInfo:
+        """RelocateVM_Task to another host: of the same cluster when ``node`` is None or the VM's own."""
+        vim, _ = sdk()
+
+        def run(content: Any) -> InstanceInfo:
+            props, inv = self._managed(content, instance_id)
+            if props.get("runtime.powerState") != state:
+                raise InvalidState(
+                    f"vsphere: cannot {what} {props.get('name')!r}: it is "
+                    f"{mapping.power_state(props.get('runtime.powerState')).value}"
+                )
+            # Load per host needs the VMs' placement: one more paged read.
+            inv = self._inventory(content)
+            current_host = mapping.moid(props.get("runtime.host"))
+            current = inv.cluster_of_host(current_host)
+            target = self._cluster_node(inv, node) if node is not None else current
+            if target is None:
+                raise InvalidState(f"vsphere: {props.get('name')!r} is not in a cluster")
+            host = mapping.pick_host(target, inv, exclude=current_host)
+            if host is None:
+                raise InvalidState(f"vsphere: no other connected host in cluster {target.name!r}")
+            if progress:
+                progress(0.1, f"moving to {host.name} in {target.name}")
+            spec = vim.vm.RelocateSpec(host=self._ref(content, "HostSystem", host.moid))
+            if current is None or target.moid != current.moid:
+                spec.pool = self._ref(content, "ResourcePool", target.resource_pool or "")
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            self._task(content, vm.RelocateVM_Task(spec), what)
+            if progress:
+                progress(1.0, f"on {host.name}")
+            return self._info(content, instance_id)
+
+        return self._call(what, run, ref=instance_id)
+
+    def live_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        """vMotion: to another host of the same cluster (node None or the VM's own), or into cluster ``node``."""
+        return self._relocate(instance_id, node, progress, "poweredOn", "live migrate")
+
+    def cold_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        return self._relocate(instance_id, node, progress, "poweredOff", "cold migrate")
+
+    # -- cluster ----------------------------------------------------------------------------------
+
+    def list_aggregates(self) -> list[Aggregate]:
+        def read(content: Any) -> list[Aggregate]:
+            inv = self._inventory(content, with_vms=False)
+            return [mapping.aggregate(c, inv) for c in self._scope(inv)]
+
+        return self._call("list aggregates", read, idempotent=True)
+
+    def _ha_state(self, instance_id: str, props: dict[str, Any], inv: mapping.Inventory) -> HAState:
+        cluster = inv.cluster_of_host(mapping.moid(props.get("runtime.host")))
+        if cluster is None:
+            raise InvalidState(f"vsphere: {props.get('name')!r} is not in a cluster")
+        return mapping.ha_state(instance_id, props, cluster, inv.ha_overrides.get(cluster.moid, {}))
+
+    def set_high_availability(
+        self, instance_id: str, enabled: bool, *, priority: HAPriority = HAPriority.MEDIUM
+    ) -> HAState:
+        """A per-VM vSphere HA override (restart priority, or disabled) in the VM's cluster."""
+
+        def run(content: Any) -> HAState:
+            props, inv = self._managed(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            cluster = inv.cluster_of_host(mapping.moid(props.get("runtime.host")))
+            if cluster is None:
+                raise InvalidState(f"vsphere: {props.get('name')!r} is not in a cluster")
+            exists = instance_id in inv.ha_overrides.get(cluster.moid, {})
+            spec = mapping.ha_override_spec(
+                self._ref(content, "VirtualMachine", instance_id), enabled, HAPriority(priority), exists=exists
+            )
+            ref = self._ref(content, "ClusterComputeResource", cluster.moid)
+            self._task(content, ref.ReconfigureComputeResource_Task(spec, True), "set high availability")
+            props, inv = self._managed(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            return self._ha_state(instance_id, props, inv)
+
+        return self._call("set high availability", run, ref=instance_id)
+
+    def get_high_availability(self, instance_id: str) -> HAState:
+        def read(content: Any) -> HAState:
+            props, inv = self._managed(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            return self._ha_state(instance_id, props, inv)
+
+        return self._call("get high availability", read, idempotent=True, ref=instance_id)
+
+    # -- pets -------------------------------------------------------------------------------------
+
+    def list_unmanaged(self) -> list[InstanceInfo]:
+        """VMs without our mark, with their disks: what adopting them would take over."""
+
+        def read(content: Any) -> list[InstanceInfo]:
+            inventory: dict[str, Sequence[str]] = {**_INVENTORY, "VirtualMachine": mapping.VM_DETAIL_PROPERTIES}
+            view = self._s.view(content, tuple(inventory))
+            inv = mapping.build_inventory(self._s.retrieve(content, view, inventory))
+            return [
+                mapping.instance_info(oid, props, inv)
+                for oid, props in inv.vms.items()
+                if not mapping.is_managed(props) and self._in_scope(props, inv)
+            ]
+
+        return self._call("list unmanaged", read, idempotent=True)
+
+    def adopt(self, instance_id: str) -> InstanceInfo:
+        """Mark the VM as ours in its extraConfig: a reconfigure that leaves it running and intact."""
+        vim, _ = sdk()
+
+        def run(content: Any) -> InstanceInfo:
+            props, inv = self._with_topology(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            if not self._in_scope(props, inv):
+                raise InstanceNotFound(instance_id)
+            if mapping.is_managed(props):
+                raise InvalidState(f"vsphere: {props.get('name')!r} is managed already")
+            vm = self._ref(content, "VirtualMachine", instance_id)
+            spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=mapping.MANAGED_KEY, value="true")])
+            self._task(content, vm.ReconfigVM_Task(spec), "adopt")
+            return self._info(content, instance_id)
+
+        return self._call("adopt", run, ref=instance_id)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        from virtdrivers_vmware.events import EventWatcher
+
+        watcher = EventWatcher(self.settings, callback, scope=self.settings.cluster, name=self.name)
+
+        def unsubscribe() -> None:
+            watcher.stop()
+            with self._subs_lock:
+                self._watchers.discard(watcher)
+
+        with self._subs_lock:
+            self._watchers.add(watcher)
+        watcher.start()
+        return Subscription(unsubscribe)

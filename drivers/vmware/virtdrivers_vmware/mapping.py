@@ -1,0 +1,642 @@
+"""Translation between virtdrivers objects and vSphere's managed-object data.
+
+Everything here is a pure function over plain values or pyVmomi data objects
+(which exist without a connection), so it is unit-tested without a server. The
+functions that build vSphere specs import pyVmomi when called, keeping this
+module importable without the SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from virtdrivers.capabilities import DiskFormat
+from virtdrivers.errors import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    Conflict,
+    DriverError,
+    InstanceNotFound,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    redact,
+)
+from virtdrivers.objects import (
+    Aggregate,
+    DiskInfo,
+    DiskSpec,
+    HAPriority,
+    HAState,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    PowerState,
+)
+from virtdrivers_vmware._sdk import sdk
+
+#: extraConfig key marking a VM as created (or adopted) by virtdrivers.
+MANAGED_KEY = "virtdrivers.managed"
+#: extraConfig prefix for instance metadata; vSphere keeps extraConfig with the VM through moves and snapshots.
+META_PREFIX = "virtdrivers.meta."
+#: Metadata keys vSphere would refuse in extraConfig are stored hex-encoded under this prefix.
+META_HEX_PREFIX = "virtdrivers.metax."
+#: extraConfig prefix for disk labels, keyed by the disk's file name (stable where device keys are not).
+LABEL_PREFIX = "virtdrivers.disklabel."
+#: Snapshot description marking a snapshot taken with memory; vSphere's snapshot tree has no such flag.
+MEMORY_MARK = "virtdrivers:memory"
+#: vSphere's guest id for "other 64-bit"; we boot no OS, so the choice only affects defaults.
+GUEST_ID = "otherGuest64"
+#: Unit 7 of a SCSI bus is the controller itself.
+SCSI_CONTROLLER_UNIT = 7
+MAX_SCSI_UNITS = 16
+
+HYPERVISOR_TYPE = "vmware"
+
+#: VM properties fetched per instance by the bulk inventory: exactly what InstanceInfo needs.
+VM_LIST_PROPERTIES = (
+    "name",
+    "runtime.powerState",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "runtime.host",
+    "config.extraConfig",
+)
+#: One instance in full adds its devices (for disks).
+VM_DETAIL_PROPERTIES = (*VM_LIST_PROPERTIES, "config.hardware.device", "config.files.vmPathName")
+HOST_PROPERTIES = (
+    "name",
+    "parent",
+    "summary.hardware.numCpuThreads",
+    "summary.hardware.memorySize",
+    "runtime.connectionState",
+    "runtime.inMaintenanceMode",
+    "datastore",
+)
+CLUSTER_PROPERTIES = ("name", "host", "resourcePool", "datastore", "configurationEx", "parent")
+DATASTORE_PROPERTIES = ("name", "summary.capacity", "summary.freeSpace")
+DATACENTER_PROPERTIES = ("name", "vmFolder", "hostFolder")
+
+_POWER = {
+    "poweredOn": PowerState.RUNNING,
+    "poweredOff": PowerState.SHUTDOWN,
+    "suspended": PowerState.SUSPENDED,
+}
+
+
+_ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
+
+
+def vm_name(value: object) -> str:
+    """A VM name as given: vCenter stores '/', '\\' and '%' escaped as %2f, %5c and %25."""
+    return _ESCAPES.sub(lambda m: bytes.fromhex(m.group(1)).decode(), str(value or ""))
+
+
+def power_state(value: str | None) -> PowerState:
+    return _POWER.get(value or "", PowerState.NOSTATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inventory rows: what one paged RetrievePropertiesEx returns, keyed by managed object id.
+
+
+@dataclass(frozen=True)
+class HostRow:
+    moid: str
+    name: str
+    cluster: str | None
+    """Managed object id of the cluster the host belongs to (None for a standalone host)."""
+    vcpus: int = 0
+    memory_mb: int = 0
+    up: bool = True
+    datastores: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    moid: str
+    name: str
+    hosts: tuple[str, ...] = ()
+    resource_pool: str | None = None
+    datastores: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    datacenter: str | None = None
+
+
+@dataclass(frozen=True)
+class DatastoreRow:
+    moid: str
+    name: str
+    capacity: int = 0
+    free: int = 0
+
+
+@dataclass(frozen=True)
+class DatacenterRow:
+    moid: str
+    name: str
+    vm_folder: str | None = None
+    host_folder: str | None = None
+
+
+@dataclass
+class Inventory:
+    """Clusters, hosts, datastores and VMs as fetched in one paged property retrieval."""
+
+    clusters: dict[str, ClusterRow] = field(default_factory=dict)
+    hosts: dict[str, HostRow] = field(default_factory=dict)
+    datastores: dict[str, DatastoreRow] = field(default_factory=dict)
+    datacenters: dict[str, DatacenterRow] = field(default_factory=dict)
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per cluster id: VM id -> vSphere HA restart priority of its override ("disabled" switches HA off).
+    ha_overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def cluster_named(self, name: str) -> ClusterRow | None:
+        return next((c for c in self.clusters.values() if c.name == name), None)
+
+    def cluster_of_host(self, host_moid: str | None) -> ClusterRow | None:
+        host = self.hosts.get(host_moid or "")
+        return self.clusters.get(host.cluster or "") if host else None
+
+
+def moid(ref: Any) -> str | None:
+    """The managed object id of a reference, without touching the network."""
+    if ref is None:
+        return None
+    return str(ref._moId)
+
+
+def type_name(ref: Any) -> str:
+    """``VirtualMachine`` for a ``vim.VirtualMachine`` reference."""
+    return type(ref).__name__.rsplit(".", 1)[-1]
+
+
+def props_of(object_content: Any) -> dict[str, Any]:
+    return {p.name: p.val for p in (object_content.propSet or ())}
+
+
+def extra_config(props: Mapping[str, Any]) -> dict[str, str]:
+    return {str(o.key): str(o.value) for o in (props.get("config.extraConfig") or ()) if o.value is not None}
+
+
+def is_managed(props: Mapping[str, Any]) -> bool:
+    return extra_config(props).get(MANAGED_KEY) == "true"
+
+
+def metadata_key(key: str) -> str:
+    """The extraConfig key for a metadata key: readable when vSphere allows it, hex-encoded otherwise."""
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", key):
+        return META_PREFIX + key
+    return META_HEX_PREFIX + key.encode().hex()
+
+
+def metadata_of(extra: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in extra.items():
+        if k.startswith(META_HEX_PREFIX):
+            try:
+                out[bytes.fromhex(k[len(META_HEX_PREFIX) :]).decode()] = v
+            except ValueError:
+                continue
+        elif k.startswith(META_PREFIX):
+            out[k[len(META_PREFIX) :]] = v
+    return out
+
+
+def cluster_metadata(configuration: Any, datacenter: str | None = None) -> dict[str, str]:
+    """DRS and HA settings of a cluster as aggregate metadata (vcsim leaves unset flags as None)."""
+    meta: dict[str, str] = {}
+    drs = getattr(configuration, "drsConfig", None)
+    das = getattr(configuration, "dasConfig", None)
+    meta["drs_enabled"] = _flag(getattr(drs, "enabled", None))
+    behavior = getattr(drs, "defaultVmBehavior", None)
+    if behavior:
+        meta["drs_behavior"] = str(behavior)
+    meta["ha_enabled"] = _flag(getattr(das, "enabled", None))
+    admission = getattr(das, "admissionControlEnabled", None)
+    if admission is not None:
+        meta["ha_admission_control"] = _flag(admission)
+    if datacenter:
+        meta["datacenter"] = datacenter
+    return meta
+
+
+#: Our HA priorities on vSphere's restart priorities (which also know "lowest" and "highest").
+_RESTART_PRIORITY = {HAPriority.LOW: "low", HAPriority.MEDIUM: "medium", HAPriority.HIGH: "high"}
+_PRIORITY_OF = {
+    "lowest": HAPriority.LOW,
+    "low": HAPriority.LOW,
+    "medium": HAPriority.MEDIUM,
+    "high": HAPriority.HIGH,
+    "highest": HAPriority.HIGH,
+}
+
+
+def ha_overrides(configuration: Any) -> dict[str, str]:
+    """VM id -> restart priority of each per-VM HA override in a cluster's configuration."""
+    out: dict[str, str] = {}
+    for entry in getattr(configuration, "dasVmConfig", None) or ():
+        settings = getattr(entry, "dasSettings", None)
+        priority = getattr(settings, "restartPriority", None) or getattr(entry, "restartPriority", None)
+        if entry.key is not None and priority:
+            out[moid(entry.key) or ""] = str(priority)
+    return out
+
+
+def ha_state(instance_id: str, props: Mapping[str, Any], cluster: ClusterRow, overrides: Mapping[str, str]) -> HAState:
+    """HA as the contract reports it: enabled when the VM has a restart priority other than "disabled".
+
+    ``state`` tells whether the cluster's own HA is on, without which vSphere restarts nothing.
+    """
+    priority = overrides.get(instance_id)
+    enabled = priority is not None and priority not in ("disabled", "clusterRestartPriority")
+    cluster_ha = cluster.metadata.get("ha_enabled") == "true"
+    state = None
+    if enabled:
+        state = "protected" if cluster_ha else "cluster-ha-disabled"
+    return HAState(
+        instance_id=instance_id,
+        enabled=enabled,
+        priority=_PRIORITY_OF.get(priority or "", HAPriority.MEDIUM),
+        owner_node=cluster.name,
+        state=state,
+    )
+
+
+def ha_override_spec(vm: Any, enabled: bool, priority: HAPriority, *, exists: bool) -> Any:
+    """A ClusterConfigSpecEx adding or editing one VM's HA override."""
+    vim, _ = sdk()
+    settings = vim.cluster.DasVmSettings(restartPriority=_RESTART_PRIORITY[priority] if enabled else "disabled")
+    info = vim.cluster.DasVmConfigInfo(key=vm, dasSettings=settings)
+    change = vim.cluster.DasVmConfigSpec(operation="edit" if exists else "add", info=info)
+    return vim.cluster.ConfigSpecEx(dasVmConfigSpec=[change])
+
+
+def _flag(value: object) -> str:
+    return "true" if value else "false"
+
+
+def build_inventory(objects: Iterable[Any]) -> Inventory:
+    """Sort the objects of one retrieval into an :class:`Inventory`."""
+    inv = Inventory()
+    objects = list(objects)
+    for oc in objects:
+        if type_name(oc.obj) == "Datacenter":
+            props = props_of(oc)
+            oid = moid(oc.obj) or ""
+            inv.datacenters[oid] = DatacenterRow(
+                moid=oid,
+                name=str(props.get("name", oid)),
+                vm_folder=moid(props.get("vmFolder")),
+                host_folder=moid(props.get("hostFolder")),
+            )
+    datacenters = {d.host_folder: d for d in inv.datacenters.values() if d.host_folder}
+    for oc in objects:
+        kind, oid, props = type_name(oc.obj), moid(oc.obj) or "", props_of(oc)
+        if kind == "VirtualMachine":
+            inv.vms[oid] = props
+        elif kind == "HostSystem":
+            parent = props.get("parent")
+            inv.hosts[oid] = HostRow(
+                moid=oid,
+                name=str(props.get("name", oid)),
+                cluster=moid(parent) if parent is not None and type_name(parent) == "ClusterComputeResource" else None,
+                vcpus=int(props.get("summary.hardware.numCpuThreads") or 0),
+                memory_mb=int(props.get("summary.hardware.memorySize") or 0) // (1024 * 1024),
+                up=props.get("runtime.connectionState", "connected") == "connected"
+                and not props.get("runtime.inMaintenanceMode", False),
+                datastores=tuple(moid(d) or "" for d in props.get("datastore") or ()),
+            )
+        elif kind == "ClusterComputeResource":
+            dc = datacenters.get(moid(props.get("parent")) or "")
+            inv.ha_overrides[oid] = ha_overrides(props.get("configurationEx"))
+            inv.clusters[oid] = ClusterRow(
+                moid=oid,
+                name=str(props.get("name", oid)),
+                hosts=tuple(moid(h) or "" for h in props.get("host") or ()),
+                resource_pool=moid(props.get("resourcePool")),
+                datastores=tuple(moid(d) or "" for d in props.get("datastore") or ()),
+                metadata=cluster_metadata(props.get("configurationEx"), dc.name if dc else None),
+                datacenter=dc.moid if dc else None,
+            )
+        elif kind == "Datastore":
+            inv.datastores[oid] = DatastoreRow(
+                moid=oid,
+                name=str(props.get("name", oid)),
+                capacity=int(props.get("summary.capacity") or 0),
+                free=int(props.get("summary.freeSpace") or 0),
+            )
+    return inv
+
+
+def instance_info(oid: str, props: Mapping[str, Any], inv: Inventory) -> InstanceInfo:
+    """An InstanceInfo from a VM's properties; node is its cluster, host its ESXi host."""
+    host_id = moid(props.get("runtime.host"))
+    host = inv.hosts.get(host_id or "")
+    cluster = inv.cluster_of_host(host_id)
+    extra = extra_config(props)
+    devices = props.get("config.hardware.device")
+    return InstanceInfo(
+        id=oid,
+        name=vm_name(props.get("name")),
+        power_state=power_state(props.get("runtime.powerState")),
+        vcpus=int(props.get("config.hardware.numCPU") or 0),
+        memory_mb=int(props.get("config.hardware.memoryMB") or 0),
+        node=cluster.name if cluster else (host.name if host else None),
+        host=host.name if host else None,
+        disks=disks_of(devices, extra) if devices is not None else (),
+        metadata=metadata_of(extra),
+        managed=extra.get(MANAGED_KEY) == "true",
+    )
+
+
+def host_resources(cluster: ClusterRow, inv: Inventory, version: str = "") -> HostResources:
+    """A cluster's capacity as the sum of its connected hosts, its use as its running VMs."""
+    hosts = [inv.hosts[h] for h in cluster.hosts if h in inv.hosts]
+    up = [h for h in hosts if h.up]
+    vcpus_used = memory_used = 0
+    for props in inv.vms.values():
+        if props.get("runtime.powerState") != "poweredOn":
+            continue
+        if moid(props.get("runtime.host")) in cluster.hosts:
+            vcpus_used += int(props.get("config.hardware.numCPU") or 0)
+            memory_used += int(props.get("config.hardware.memoryMB") or 0)
+    stores = [inv.datastores[d] for d in cluster.datastores if d in inv.datastores]
+    gib = 1024**3
+    return HostResources(
+        node=cluster.name,
+        vcpus_total=sum(h.vcpus for h in up),
+        vcpus_used=vcpus_used,
+        memory_mb_total=sum(h.memory_mb for h in up),
+        memory_mb_used=memory_used,
+        disk_gib_total=sum(d.capacity for d in stores) // gib,
+        disk_gib_used=sum(d.capacity - d.free for d in stores) // gib,
+        hypervisor_type=HYPERVISOR_TYPE,
+        hypervisor_version=version,
+    )
+
+
+def aggregate(cluster: ClusterRow, inv: Inventory) -> Aggregate:
+    hosts = tuple(inv.hosts[h].name for h in cluster.hosts if h in inv.hosts)
+    return Aggregate(name=cluster.name, hosts=hosts, metadata=dict(cluster.metadata))
+
+
+def cluster_load(cluster: ClusterRow, inv: Inventory) -> float:
+    """Fraction of a cluster's memory its running VMs use; placement picks the least loaded."""
+    res = host_resources(cluster, inv)
+    return res.memory_mb_used / res.memory_mb_total if res.memory_mb_total else 1.0
+
+
+def pick_host(cluster: ClusterRow, inv: Inventory, *, exclude: str | None = None) -> HostRow | None:
+    """The connected host of ``cluster`` with the least running memory, other than ``exclude``."""
+    used: dict[str, int] = {h: 0 for h in cluster.hosts}
+    for props in inv.vms.values():
+        h = moid(props.get("runtime.host"))
+        if h in used and props.get("runtime.powerState") == "poweredOn":
+            used[h] += int(props.get("config.hardware.memoryMB") or 0)
+    candidates = [inv.hosts[h] for h in cluster.hosts if h in inv.hosts and inv.hosts[h].up and h != exclude]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda h: (used[h.moid], h.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Disks
+
+
+_DATASTORE_PATH = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<path>.*)$")
+
+
+def split_datastore_path(path: str) -> tuple[str, str]:
+    """``[ds] dir/file.vmdk`` -> (``ds``, ``dir/file.vmdk``)."""
+    m = _DATASTORE_PATH.match(path or "")
+    if not m:
+        raise InvalidSpec(f"not a datastore path: {path!r}", field="path")
+    return m.group("ds"), m.group("path")
+
+
+def vm_directory(vmx_path: str) -> tuple[str, str]:
+    """Datastore and directory of a VM from its ``.vmx`` path."""
+    ds, path = split_datastore_path(vmx_path)
+    return ds, path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def is_disk(device: Any) -> bool:
+    return type_name(device) == "VirtualDisk"
+
+
+def disks_of(devices: Sequence[Any] | None, extra: Mapping[str, str] | None = None) -> tuple[DiskInfo, ...]:
+    """Virtual disks as DiskInfo; the id is the device key, the label our own if we set one."""
+    out = []
+    labels = extra or {}
+    for dev in devices or ():
+        if not is_disk(dev):
+            continue
+        backing = dev.backing
+        name = str(getattr(backing, "fileName", "") or "")
+        thin = getattr(backing, "thinProvisioned", None)
+        out.append(
+            DiskInfo(
+                id=str(dev.key),
+                size_gib=int(dev.capacityInKB or 0) // (1024 * 1024),
+                format=DiskFormat.VMDK,
+                thin=bool(thin) if thin is not None else None,
+                label=labels.get(LABEL_PREFIX + label_key(name)),
+            )
+        )
+    return tuple(out)
+
+
+def label_key(file_name: str) -> str:
+    """extraConfig keys allow letters, digits, dots, dashes and underscores only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", file_name.rsplit("/", 1)[-1])
+
+
+def free_scsi_slots(devices: Sequence[Any] | None) -> tuple[int | None, list[int]]:
+    """Key of the first SCSI controller and its free unit numbers (None when there is none)."""
+    controller = None
+    for dev in devices or ():
+        if "SCSIController" in type_name(dev) or type_name(dev).endswith("SCSIController"):
+            controller = dev
+            break
+    if controller is None:
+        return None, []
+    used = {dev.unitNumber for dev in devices or () if getattr(dev, "controllerKey", None) == controller.key} | {
+        SCSI_CONTROLLER_UNIT
+    }
+    return int(controller.key), [u for u in range(MAX_SCSI_UNITS) if u not in used]
+
+
+def disk_file(directory: str, vm_name: str, index: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", vm_name)
+    return f"{directory}/{safe}_{index}.vmdk" if directory else f"{safe}_{index}.vmdk"
+
+
+def new_disk_change(disk: DiskSpec, *, datastore: str, file_path: str, controller_key: int, unit: int, key: int) -> Any:
+    """A device change creating a vmdk (thin or eager-zeroed thick) on ``datastore``."""
+    vim, _ = sdk()
+
+    if disk.format not in (None, DiskFormat.VMDK):
+        raise InvalidSpec(f"vSphere creates vmdk disks only, not {disk.format}", field="format")
+    backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+        fileName=f"[{datastore}] {file_path}",
+        diskMode="persistent",
+        thinProvisioned=disk.thin,
+        eagerlyScrub=not disk.thin,
+    )
+    device = vim.vm.device.VirtualDisk(
+        key=key,
+        controllerKey=controller_key,
+        unitNumber=unit,
+        capacityInKB=disk.size_gib * 1024 * 1024,
+        backing=backing,
+    )
+    return vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=device)
+
+
+def label_options(labels: Mapping[str, str | None]) -> list[Any]:
+    """extraConfig entries recording disk labels, keyed by disk file; None removes an entry."""
+    vim, _ = sdk()
+
+    return [vim.option.OptionValue(key=LABEL_PREFIX + label_key(f), value=v or "") for f, v in labels.items()]
+
+
+def create_spec(spec: InstanceSpec, *, datastore: str) -> Any:
+    """The ConfigSpec for CreateVM_Task: hardware, a paravirtual SCSI bus, disks and our marks."""
+    vim, _ = sdk()
+
+    controller_key = -100
+    changes: list[Any] = [
+        vim.vm.device.VirtualDeviceSpec(
+            operation="add",
+            device=vim.vm.device.ParaVirtualSCSIController(key=controller_key, busNumber=0, sharedBus="noSharing"),
+        )
+    ]
+    labels: dict[str, str | None] = {}
+    for i, disk in enumerate(spec.disks):
+        path = disk_file(spec.name, spec.name, i + 1)
+        changes.append(
+            new_disk_change(
+                disk, datastore=datastore, file_path=path, controller_key=controller_key, unit=i, key=-(101 + i)
+            )
+        )
+        if disk.label:
+            labels[path] = disk.label
+    extra = [vim.option.OptionValue(key=MANAGED_KEY, value="true")]
+    extra += [vim.option.OptionValue(key=metadata_key(k), value=v) for k, v in spec.metadata.items()]
+    extra += label_options(labels)
+    return vim.vm.ConfigSpec(
+        name=spec.name,
+        numCPUs=spec.vcpus,
+        memoryMB=spec.memory_mb,
+        guestId=GUEST_ID,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        deviceChange=changes,
+        extraConfig=extra,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    moid: str
+    name: str
+    created_at: Any
+    with_memory: bool
+    state: str | None
+
+
+def flatten_snapshots(tree: Sequence[Any] | None) -> list[SnapshotRow]:
+    """The snapshot tree of a VM, depth first."""
+    out: list[SnapshotRow] = []
+    for node in tree or ():
+        out.append(
+            SnapshotRow(
+                moid=moid(node.snapshot) or "",
+                name=str(node.name),
+                created_at=node.createTime,
+                with_memory=MEMORY_MARK in str(node.description or ""),
+                state=str(node.state) if node.state else None,
+            )
+        )
+        out.extend(flatten_snapshots(node.childSnapshotList))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+
+
+#: vSphere fault class (by its vmodl name, most specific first along the MRO) -> our error type.
+_FAULTS: dict[str, type[DriverError]] = {
+    "vim.fault.InvalidPowerState": InvalidState,
+    "vim.fault.InvalidState": InvalidState,
+    "vim.fault.InvalidLogin": AuthenticationFailed,
+    "vim.fault.NotAuthenticated": AuthenticationFailed,
+    "vim.fault.NoPermission": AuthenticationFailed,
+    "vim.fault.DuplicateName": InvalidSpec,
+    "vim.fault.AlreadyExists": Conflict,
+    "vim.fault.FileAlreadyExists": Conflict,
+    "vim.fault.TaskInProgress": Conflict,
+    "vim.fault.ResourceInUse": Conflict,
+    "vim.fault.ConcurrentAccess": Conflict,
+    "vim.fault.FileNotFound": NotFound,
+    "vim.fault.NotFound": NotFound,
+    "vim.fault.InsufficientResourcesFault": InvalidState,
+    "vim.fault.ToolsUnavailable": InvalidState,
+    "vim.fault.HostConnectFault": BackendUnavailable,
+    "vmodl.fault.ManagedObjectNotFound": InstanceNotFound,
+    "vmodl.fault.InvalidArgument": InvalidSpec,
+    "vmodl.fault.InvalidRequest": InvalidSpec,
+    "vmodl.fault.NotImplemented": NotSupported,
+    "vmodl.fault.MethodNotFound": NotSupported,
+    "vmodl.fault.NotSupported": NotSupported,
+    "vmodl.fault.RequestCanceled": BackendUnavailable,
+    "vmodl.fault.HostCommunication": BackendUnavailable,
+}
+
+
+def fault_name(fault: BaseException) -> str:
+    return type(fault).__name__
+
+
+def fault_text(fault: BaseException) -> str:
+    """The vSphere message of a fault (or its class name when it carries none)."""
+    msg = getattr(fault, "msg", None) or getattr(fault, "localizedMessage", None)
+    faults = getattr(fault, "faultMessage", None) or ()
+    extra = "; ".join(str(getattr(m, "message", "")) for m in faults if getattr(m, "message", None))
+    text = str(msg) if msg else ""
+    if extra:
+        text = f"{text} ({extra})" if text else extra
+    return text or fault_name(fault)
+
+
+def error_from_fault(
+    fault: BaseException, *, context: str, secrets: Iterable[str | None] = (), ref: str | None = None
+) -> DriverError:
+    """Our error for a vSphere fault, keeping vSphere's text and the fault's name, minus credentials.
+
+    ``ref`` is the instance the call was about: ManagedObjectNotFound then becomes
+    InstanceNotFound for it; without one it is a plain NotFound.
+    """
+    name = fault_name(fault)
+    text = redact(f"{context}: {fault_text(fault)} [{name}]", secrets)
+    for cls in type(fault).__mro__:
+        kind = _FAULTS.get(cls.__name__)
+        if kind is None:
+            continue
+        if kind is InstanceNotFound:
+            return InstanceNotFound(ref, text) if ref is not None else NotFound(text)
+        if kind is InvalidSpec:
+            return InvalidSpec(text, field="name" if name == "vim.fault.DuplicateName" else None)
+        if kind is NotSupported:
+            return NotSupported(text)
+        return kind(text)
+    return DriverError(text)

@@ -1,0 +1,195 @@
+"""Running govmomi's vCenter simulator (vcsim) as a child process on 127.0.0.1.
+
+The launcher binary (``drivers/vmware/vcsim/main.go``) is built once by
+``dev-setup.sh`` from Debian's govmomi sources into ``drivers/vmware/.cache``;
+``VIRTDRIVERS_VCSIM`` may name another build. The launcher writes its own
+self-signed certificate (IP SAN 127.0.0.1) into our scratch directory, which the
+driver then trusts as ``ca_file``: verification stays on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from virtdrivers.errors import BackendUnavailable
+
+_ROOM = Path(__file__).resolve().parents[2]
+USER = "vdadmin"
+
+
+def launcher_path() -> Path:
+    """Where the vcsim launcher is, building it first when this checkout has not yet."""
+    override = os.environ.get("VIRTDRIVERS_VCSIM")
+    if override:
+        return Path(override)
+    binary = _ROOM / ".cache" / "bin" / "vdvcsim"
+    setup = _ROOM / "dev-setup.sh"
+    if setup.exists():
+        built = subprocess.run(["bash", str(setup)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise BackendUnavailable(f"building the vcsim launcher failed: {built.stderr.strip()[-500:]}")
+    if not binary.exists():
+        raise BackendUnavailable(f"vcsim launcher not built: run {setup} (needs golang-go and govmomi sources)")
+    return binary
+
+
+class Vcsim:
+    """One vcsim process; :meth:`restart` brings a fresh inventory back on the same port and certificate."""
+
+    def __init__(
+        self,
+        *,
+        datacenters: int = 1,
+        clusters: int = 2,
+        hosts: int = 2,
+        vms: int = 0,
+        standalone_hosts: int = 0,
+        autostart: bool = True,
+        method_delay: Mapping[str, int] | None = None,
+        mark: str | None = None,
+        session_idle_timeout: float | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        """``mark``: an extraConfig key set to "true" on the model's VMs (``virtdrivers.managed`` makes them ours)."""
+        self.args = {
+            "dc": datacenters,
+            "cluster": clusters,
+            "host": hosts,
+            "vm": vms,
+            "standalone-host": standalone_hosts,
+        }
+        self.autostart = autostart
+        self.method_delay = dict(method_delay or {})
+        self.mark = mark
+        self.session_idle_timeout = session_idle_timeout
+        self._own_dir = workdir is None
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="vd-vcsim-"))
+        self.password = os.urandom(12).hex()
+        self.port = 0
+        self.info: dict[str, Any] = {}
+        self.proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    @property
+    def cert_file(self) -> Path:
+        return self.dir / "vcsim.pem"
+
+    def start(self) -> dict[str, Any]:
+        if self.proc is not None:
+            return self.info
+        binary = launcher_path()
+        cmd = [str(binary), "-cert", str(self.cert_file), "-key", str(self.dir / "vcsim.key")]
+        cmd += [f"-{k}={v}" for k, v in self.args.items()]
+        cmd += [f"-autostart={'true' if self.autostart else 'false'}", f"-port={self.port}"]
+        cmd += ["-user", USER]
+        if self.session_idle_timeout:
+            cmd += [f"-session-idle-timeout={self.session_idle_timeout}s"]
+        if self.mark:
+            cmd += ["-mark", self.mark]
+        if self.method_delay:
+            cmd += ["-method-delay", ",".join(f"{k}={v}" for k, v in self.method_delay.items())]
+        # vcsim keeps its datastores under TMPDIR: ours, so they go when the scratch dir goes.
+        env = {**os.environ, "TMPDIR": str(self.dir), "VDVCSIM_PASSWORD": self.password}
+        self._stderr = open(self.dir / "vcsim.log", "a")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = _readline(self.proc.stdout, timeout=120.0)
+        if not line:
+            code = self.proc.poll()
+            self.stop()
+            log_text = (self.dir / "vcsim.log").read_text() if (self.dir / "vcsim.log").exists() else ""
+            raise BackendUnavailable(f"vcsim did not start (exit {code}): {log_text[-500:]}")
+        self.info = json.loads(line)
+        self.port = int(self.info["port"])
+        return self.info
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": USER,
+            "password": self.password,
+            "ca_file": str(self.cert_file),
+        }
+
+    def stop(self) -> None:
+        """Stop the process we started (by its PID, through stdin then SIGTERM, SIGKILL last)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def kill(self) -> None:
+        """Kill it abruptly (SIGKILL on our PID), as a crashed vCenter would go."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
+    def restart(self) -> dict[str, Any]:
+        """Stop and start again on the same port with the same certificate and password."""
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Vcsim:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def _readline(stream: IO[str], timeout: float) -> str:
+    """First line of ``stream``, or "" if none comes within ``timeout`` seconds."""
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return out[0].strip() if out else ""
+
+
+@contextlib.contextmanager
+def vcsim_endpoint(**kwargs: Any) -> Iterator[Mapping[str, Any]]:
+    """Start vcsim (two clusters of two hosts by default) and yield driver settings for it."""
+    sim = Vcsim(**kwargs)
+    try:
+        sim.start()
+        yield sim.settings()
+    finally:
+        sim.cleanup()
