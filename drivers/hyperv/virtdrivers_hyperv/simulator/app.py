@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from virtdrivers.testing.tls import make_certificates
 from virtdrivers_hyperv.simulator.model import Model
 from virtdrivers_hyperv.simulator.server import SimulatorServer
-from virtdrivers_hyperv.simulator.tls import make_certificates
 
 __all__ = ["PASSWORD_ENV", "Simulator", "main"]
 
@@ -61,7 +61,7 @@ class Simulator:
         self.ca_file: Path | None = None
         context = None
         if https:
-            self.ca_file, cert, key = make_certificates(self.directory)
+            self.ca_file, cert, key = make_certificates(self.directory, "virtdrivers Hyper-V simulator CA")
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(cert, key)

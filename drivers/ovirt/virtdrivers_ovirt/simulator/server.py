@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from virtdrivers.testing.tls import make_certificates
 from virtdrivers_ovirt.simulator import render
 from virtdrivers_ovirt.simulator.model import (
     BLANK_TEMPLATE_ID,
@@ -36,7 +37,6 @@ from virtdrivers_ovirt.simulator.model import (
     not_found,
 )
 from virtdrivers_ovirt.simulator.search import SearchError, parse, run
-from virtdrivers_ovirt.simulator.tls import make_certificates
 
 API_PREFIX = "/ovirt-engine/api"
 TOKEN_PATH = "/ovirt-engine/sso/oauth/token"
@@ -100,7 +100,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._own_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="ovirt-sim-")) if state_dir is None else state_dir
-        self.ca_file, cert, key = make_certificates(self.state_dir)
+        self.ca_file, cert, key = make_certificates(self.state_dir, "virtdrivers oVirt simulator CA")
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(cert, key)
         self._port = port

@@ -1,4 +1,9 @@
-"""A throwaway CA and a server certificate for 127.0.0.1, made at start, so TLS stays verified."""
+"""A throwaway certificate authority and server certificate for 127.0.0.1.
+
+Simulators make them at start so that clients keep TLS verification on and
+trust the CA file, exactly as they would trust a real endpoint's CA. Needs the
+``cryptography`` package (the ``simulators`` extra), imported only when called.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from pathlib import Path
 __all__ = ["make_certificates"]
 
 
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """Write ``ca.pem``, ``server.pem`` and ``server.key`` into ``directory``; return their paths."""
+def make_certificates(directory: Path, issuer: str = "virtdrivers simulator CA") -> tuple[Path, Path, Path]:
+    """Write ``ca.pem``, ``server.pem`` and ``server.key`` (mode 0600) into ``directory``; return their paths."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,7 +24,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "virtdrivers Hyper-V simulator CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -51,6 +56,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    directory.mkdir(parents=True, exist_ok=True)
     ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
