@@ -1,0 +1,1 @@
+"""libvirt backend for virtdrivers."""

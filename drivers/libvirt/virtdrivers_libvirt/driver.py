@@ -1,0 +1,875 @@
+"""The libvirt driver: the contract on top of libvirt's API.
+
+The SDK is imported lazily (in :mod:`.session` and in methods), so listing the driver and its
+capabilities never loads libvirt.
+
+One driver manages one or more *nodes*: the connection in ``uri`` is the node ``node_name``
+(the host's name when unset), and ``peers`` names further nodes by URI. Instances are found on
+whichever node holds them; ``live_migrate(id, node)`` moves a running guest to the peer of that
+name with libvirt's managed migration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr
+
+from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.driver import (
+    Driver,
+    DriverSettings,
+    EmbeddedEndpoint,
+    EventCallback,
+    ProgressCallback,
+    Subscription,
+)
+from virtdrivers.errors import (
+    BackendUnavailable,
+    Conflict,
+    DriverError,
+    InstanceNotFound,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    redact,
+)
+from virtdrivers.objects import (
+    BackendInfo,
+    DiskInfo,
+    DiskSpec,
+    EventType,
+    HostResources,
+    InstanceInfo,
+    InstanceSpec,
+    LifecycleEvent,
+    NodeInfo,
+    PowerState,
+    SnapshotInfo,
+)
+from virtdrivers_libvirt import mapping
+from virtdrivers_libvirt.session import Session
+from virtdrivers_libvirt.storage import DirStore, DiskStore, PoolStore
+
+log = logging.getLogger(__name__)
+
+# libvirt constants used here, so the module imports without the SDK.
+_AFFECT_LIVE, _AFFECT_CONFIG = 1, 2
+_XML_INACTIVE = 2
+_METADATA_ELEMENT = 2
+_UNDEFINE_FLAGS = 1 | 2  # managed save image and snapshot metadata go with the domain
+_MIGRATE_LIVE, _MIGRATE_PERSIST_DEST, _MIGRATE_UNDEFINE_SOURCE, _MIGRATE_UNSAFE = 1, 8, 16, 512
+_MIGRATE_OFFLINE = 1024
+_EVENT_DEFINED, _EVENT_UNDEFINED = 0, 1
+_STATE_SHUTOFF = 5
+
+
+class LibvirtSettings(DriverSettings):
+    """How to reach libvirt. Every field has a default that works on a local host."""
+
+    uri: str = Field(default="qemu:///system", min_length=1, max_length=2048)
+    """libvirt connection URI of this node (``qemu:///system``, ``qemu+tls://host/system``, ...)."""
+    node_name: str | None = Field(default=None, max_length=64)
+    """Name this node is reported under; the host's name when unset."""
+    peers: dict[str, str] = Field(default_factory=dict)
+    """Further nodes: node name -> libvirt URI. ``live_migrate(id, node)`` moves guests between them."""
+    migration_uri: str | None = None
+    """Where destinations receive migration data (``tcp://127.0.0.1`` for daemons on one host)."""
+    migrate_unsafe: bool = False
+    """Allow migrating disks libvirt cannot prove are shared (a directory both nodes see)."""
+    domain_type: Literal["auto", "kvm", "qemu", "test"] = "auto"
+    """``auto``: test on the test driver, KVM where the host offers it, otherwise QEMU's TCG."""
+    machine: str = "pc"
+    disk_dir: str | None = None
+    """Make disks with qemu-img in this local directory instead of a storage pool."""
+    storage_pool: str = "default"
+    username: str | None = None
+    password: SecretStr | None = None
+    """For SASL authentication on remote URIs."""
+    keepalive_interval: int = Field(default=5, ge=1)
+    keepalive_count: int = Field(default=3, ge=1)
+    reconnect: bool = True
+    """Reopen a connection whose daemon went away, in the background and on the next call."""
+    insecure: bool = False
+    """Allow TLS URIs with ``no_verify=1``. Off by default; on, it logs a warning."""
+
+
+def _version(v: int) -> str:
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+@dataclass
+class _Node:
+    name: str
+    session: Session
+    store: DiskStore
+    primary: bool
+
+
+@dataclass
+class _DomainEvent:
+    node: str
+    uuid: str
+    name: str
+    event: int
+    detail: int
+
+
+class LibvirtDriver(Driver):
+    """libvirt: KVM/QEMU hosts through libvirtd, the embedded QEMU driver, or libvirt's test driver."""
+
+    name = "libvirt"
+    capabilities = frozenset(
+        {
+            Capability.PAUSE,
+            Capability.SUSPEND,
+            Capability.RESIZE_CPU,
+            Capability.RESIZE_MEMORY,
+            Capability.ATTACH_DISK,
+            Capability.DETACH_DISK,
+            Capability.SNAPSHOT,
+            Capability.SNAPSHOT_MEMORY,
+            Capability.LIVE_MIGRATE,
+            Capability.COLD_MIGRATE,
+            Capability.ADOPT,
+            Capability.EVENTS,
+            Capability.DISK_RAW,
+            Capability.DISK_QCOW2,
+            Capability.DISK_VMDK,
+            # Not DISK_VHDX: qemu-img makes vhdx, but libvirt's disk XML has no such format.
+        }
+    )
+    settings_model = LibvirtSettings
+    default_disk_format: ClassVar[DiskFormat | None] = DiskFormat.QCOW2
+    settings: LibvirtSettings
+
+    #: Upper bound on waiting for a domain to reach a state after a request the guest must honour.
+    state_timeout: ClassVar[float] = 30.0
+
+    @classmethod
+    def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        from virtdrivers_libvirt import endpoints
+
+        return endpoints.ENDPOINTS
+
+    def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        #: Serialises connect and close; held across libvirt calls.
+        self._connect_lock = threading.Lock()
+        #: Guards caches and subscribers only: libvirt's event thread takes it, so it is never
+        #: held across a libvirt call.
+        self._lock = threading.RLock()
+        self._nodes: dict[str, _Node] = {}
+        self._records: dict[str, mapping.DomainRecord] = {}
+        self._where: dict[str, str] = {}
+        self._changed = threading.Condition()
+        self._change_count = 0
+        self._subscribers: dict[int, EventCallback] = {}
+        self._next_sub = 0
+        self._events: queue.SimpleQueue[_DomainEvent | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self._domain_type: dict[str, str] = {}
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _open_node(self, uri: str, name: str | None, *, primary: bool) -> _Node:
+        """Connect one node. A peer that is down does not stop the driver: its session keeps
+        trying in the background and the node reports "down" until it answers."""
+        s = self.settings
+        if "no_verify=1" in uri.replace(" ", ""):
+            if not s.insecure:
+                raise InvalidSpec("no_verify=1 turns off TLS verification; set insecure=true to allow it", field="uri")
+            log.warning("libvirt: TLS certificate verification is OFF for %s (insecure=true)", redact(uri))
+        creds = (s.username or "", s.password.get_secret_value()) if s.password is not None else None
+        label = [name or redact(uri)]  # the node name events carry; known once connected
+        session = Session(
+            uri,
+            on_lifecycle=lambda uid, dom_name, event, detail: self._on_lifecycle(
+                label[0], uid, dom_name, event, detail
+            ),
+            on_reconnect=self._forget,
+            keepalive=(s.keepalive_interval, s.keepalive_count),
+            reconnect=s.reconnect,
+            credentials=creds,
+            embedded="/embed" in uri,
+        )
+        session.open(required=primary)
+        try:
+            if name is None:
+                label[0] = session.call(lambda c: str(c.getHostname()))
+        except BaseException:
+            session.close()
+            raise
+        return _Node(label[0], session, self._store(session), primary)
+
+    def connect(self) -> None:
+        with self._connect_lock:
+            if self._nodes:
+                return
+            s = self.settings
+            nodes: list[_Node] = []
+            try:
+                nodes.append(self._open_node(s.uri, s.node_name, primary=True))
+                for peer, uri in s.peers.items():
+                    if peer == nodes[0].name:
+                        raise InvalidSpec(f"peer {peer!r} has this node's name", field="peers")
+                    nodes.append(self._open_node(uri, peer, primary=False))
+            except BaseException:
+                for node in nodes:
+                    node.session.close()
+                raise
+            self._nodes = {n.name: n for n in nodes}
+
+    def _store(self, session: Session) -> DiskStore:
+        if self.settings.disk_dir:
+            return DirStore(self.settings.disk_dir)
+        return PoolStore(session, self.settings.storage_pool)
+
+    def _close_nodes(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            node.session.close()
+
+    def close(self) -> None:
+        with self._connect_lock:
+            self._close_nodes()
+        with self._lock:
+            self._subscribers.clear()
+            dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            self._events.put(None)
+            dispatcher.join(timeout=5)
+        self._forget()
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._where.clear()
+
+    @property
+    def _primary(self) -> _Node:
+        for node in self._nodes.values():
+            if node.primary:
+                return node
+        raise BackendUnavailable("libvirt: not connected")
+
+    def backend_info(self) -> BackendInfo:
+        import importlib.metadata
+
+        node = self._primary
+        hv_type, hv_version, lib_version = node.session.call(
+            lambda c: (str(c.getType()), int(c.getVersion()), int(c.getLibVersion()))
+        )
+        return BackendInfo(
+            backend=f"libvirt {hv_type}",
+            backend_version=f"libvirt {_version(lib_version)}, {hv_type} {_version(hv_version)}",
+            endpoint=redact(node.session.uri),
+            libraries={
+                "libvirt": _version(lib_version),
+                hv_type.lower(): _version(hv_version),
+                "libvirt-python": importlib.metadata.version("libvirt-python"),
+            },
+        )
+
+    # -- events and caches (called on libvirt's event-loop thread) ---------------------------------
+
+    def _on_lifecycle(self, node: str, uid: str, name: str, event: int, detail: int) -> None:
+        if event in (_EVENT_DEFINED, _EVENT_UNDEFINED):
+            with self._lock:
+                self._records.pop(uid, None)
+        with self._changed:
+            self._change_count += 1
+            self._changed.notify_all()
+        if self._subscribers:
+            self._events.put(_DomainEvent(node, uid, name, event, detail))
+
+    def _dispatch(self) -> None:
+        last: dict[str, EventType] = {}
+        while (raw := self._events.get()) is not None:
+            type_ = mapping.event_type(raw.event, raw.detail)
+            if type_ is None or self._is_migration_echo(raw, type_):
+                continue
+            previous, last[raw.uuid] = last.get(raw.uuid), type_
+            if not mapping.reportable(type_, previous):
+                continue
+            event = LifecycleEvent(
+                instance_id=raw.uuid,
+                type=type_,
+                timestamp=datetime.datetime.now(datetime.UTC),
+                name=raw.name,
+                node=raw.node,
+            )
+            with self._lock:
+                callbacks = list(self._subscribers.values())
+            for callback in callbacks:
+                try:
+                    callback(event)
+                except Exception:  # one subscriber's bug must not starve the others
+                    log.exception("event subscriber failed")
+
+    def _is_migration_echo(self, raw: _DomainEvent, type_: EventType) -> bool:
+        """A migration defines the guest on one node and undefines it on the other: that is one
+        MIGRATED event, not a CREATED and a DESTROYED."""
+        if type_ not in (EventType.CREATED, EventType.DESTROYED) or len(self._nodes) < 2:
+            return False
+        for node in list(self._nodes.values()):
+            if node.name == raw.node:
+                continue
+            with contextlib.suppress(DriverError):
+                node.session.call(lambda c: c.lookupByUUIDString(raw.uuid))
+                return True
+        return False
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        self._primary  # noqa: B018  (raises when not connected)
+        with self._lock:
+            self._next_sub += 1
+            sid = self._next_sub
+            self._subscribers[sid] = callback
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="libvirt-events", daemon=True)
+                self._dispatcher.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers.pop(sid, None)
+
+        return Subscription(unsubscribe)
+
+    # -- finding domains ---------------------------------------------------------------------------
+
+    def _lookup(self, instance_id: str) -> tuple[_Node, Any]:
+        try:
+            uuid.UUID(instance_id)
+        except (ValueError, TypeError, AttributeError):
+            raise InstanceNotFound(instance_id) from None
+        with self._lock:
+            where = self._where.get(instance_id)
+            nodes = sorted(self._nodes.values(), key=lambda n: n.name != where)
+        if not nodes:
+            self._primary  # noqa: B018
+        unreachable: BackendUnavailable | None = None
+        for node in nodes:
+            try:
+                dom = node.session.call(lambda c: c.lookupByUUIDString(instance_id), ref=instance_id)
+            except InstanceNotFound:
+                continue
+            except BackendUnavailable as exc:
+                unreachable = exc
+                continue
+            with self._lock:
+                self._where[instance_id] = node.name
+            return node, dom
+        if unreachable is not None:
+            # It may be on the node we cannot reach: not found would be a guess.
+            raise unreachable
+        raise InstanceNotFound(instance_id)
+
+    def _record(self, node: _Node, dom: Any, *, fresh: bool = False) -> mapping.DomainRecord:
+        uid = dom.UUIDString()
+        with self._lock:
+            cached = None if fresh else self._records.get(uid)
+        if cached is not None:
+            return cached
+        xml = node.session.call(lambda _c: dom.XMLDesc(_XML_INACTIVE), ref=uid)
+        record = mapping.parse_domain_xml(xml)
+        with self._lock:
+            self._records[uid] = record
+        return record
+
+    @staticmethod
+    def _active(node: _Node, dom: Any) -> bool:
+        return bool(node.session.call(lambda _c: dom.isActive(), ref=dom.UUIDString()))
+
+    def _state(self, node: _Node, dom: Any) -> PowerState:
+        state, reason = node.session.call(lambda _c: dom.state(0), ref=dom.UUIDString())
+        return self._confirm(node, dom, mapping.power_state(state, reason), state)
+
+    def _confirm(self, node: _Node, dom: Any, power: PowerState, state: int) -> PowerState:
+        """libvirt keeps the shut-off reason "saved" after the saved image is discarded: ask."""
+        saved = power == PowerState.SUSPENDED and state == _STATE_SHUTOFF
+        if saved and not node.session.call(lambda _c: dom.hasManagedSaveImage(0), ref=dom.UUIDString()):
+            return PowerState.SHUTDOWN
+        return power
+
+    def _managed(self, instance_id: str) -> tuple[_Node, Any, mapping.DomainRecord]:
+        node, dom = self._lookup(instance_id)
+        record = self._record(node, dom)
+        if not record.managed:
+            raise InstanceNotFound(instance_id)
+        return node, dom, record
+
+    def _info(self, node: _Node, dom: Any, *, fresh: bool = True) -> InstanceInfo:
+        record = self._record(node, dom, fresh=fresh)
+        return record.info(self._state(node, dom), node.name)
+
+    def _domain_type_for(self, node: _Node) -> str:
+        if self.settings.domain_type != "auto":
+            return self.settings.domain_type
+        with self._lock:
+            known = self._domain_type.get(node.name)
+        if known:
+            return known
+        hv, caps = node.session.call(lambda c: (str(c.getType()), str(c.getCapabilities())))
+        # The capabilities list KVM only where the daemon's host can use /dev/kvm.
+        found = "test" if hv == "TEST" else "kvm" if "<domain type='kvm'" in caps else "qemu"
+        with self._lock:
+            self._domain_type[node.name] = found
+        return found
+
+    # -- mandatory core ---------------------------------------------------------------------------
+
+    def _stats(self, node: _Node) -> list[tuple[Any, dict[str, Any]]]:
+        import libvirt
+
+        return node.session.call(lambda c: c.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0))  # type: ignore[no-any-return]
+
+    def _all(self) -> list[InstanceInfo]:
+        """Every domain of every node: one getAllDomainStats per node, plus one XMLDesc for a
+        domain seen for the first time (definitions are cached and dropped on DEFINED events)."""
+        out = []
+        for node in list(self._nodes.values()):
+            try:
+                stats_list = self._stats(node)
+            except BackendUnavailable:
+                if node.primary:
+                    raise
+                log.warning("libvirt: node %s is unreachable; its instances are not listed", node.name)
+                continue
+            for dom, stats in stats_list:
+                try:
+                    record = self._record(node, dom)
+                except InstanceNotFound:
+                    continue  # undefined between the two calls
+                raw_state = int(stats.get("state.state", 0))
+                state = mapping.power_state(raw_state, int(stats.get("state.reason", 0)))
+                state = self._confirm(node, dom, state, raw_state)
+                out.append(record.info(state, node.name))
+                with self._lock:
+                    self._where[record.uuid] = node.name
+        return out
+
+    def list_instances(self) -> list[InstanceInfo]:
+        return [i for i in self._all() if i.managed]
+
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        node, dom, _ = self._managed(instance_id)
+        return self._info(node, dom, fresh=False)
+
+    def find_instance(self, name: str) -> InstanceInfo:
+        for node in list(self._nodes.values()):
+            try:
+                dom = node.session.call(lambda c: c.lookupByName(name), ref=name)
+            except InstanceNotFound:
+                continue
+            info = self._info(node, dom, fresh=False)
+            if info.managed:
+                return info
+        raise InstanceNotFound(name)
+
+    def _node(self, name: str | None) -> _Node:
+        if name is None:
+            return self._primary
+        node = self._nodes.get(name)
+        if node is None:
+            raise NotFound(f"node {name!r} not found")
+        return node
+
+    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        report = progress or (lambda fraction, message: None)
+        node = self._node(spec.node)
+        for other in list(self._nodes.values()):
+            # Names are unique across the nodes we can reach; libvirt enforces it per node.
+            skip = (InstanceNotFound,) if other is node else (InstanceNotFound, BackendUnavailable)
+            with contextlib.suppress(*skip):
+                other.session.call(lambda c: c.lookupByName(spec.name), ref=spec.name)
+                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
+        domain_type = self._domain_type_for(node)
+        uid = str(uuid.uuid4())
+        made: list[mapping.DiskRecord] = []
+        dom: Any = None
+        try:
+            for n, disk in enumerate(spec.disks):
+                report(n / max(len(spec.disks), 1) * 0.8, f"creating disk {n + 1} of {len(spec.disks)}")
+                made.append(self._make_disk(node, uid, mapping.next_disk_dev({d.dev for d in made}), disk))
+            xml = mapping.domain_xml(
+                uuid=uid,
+                name=spec.name,
+                vcpus=spec.vcpus,
+                memory_mb=spec.memory_mb,
+                domain_type=domain_type,
+                disks=tuple(made),
+                metadata=dict(spec.metadata),
+                machine=None if domain_type == "test" else self.settings.machine,
+            )
+            dom = node.session.call(lambda c: c.defineXML(xml), ref=spec.name)
+            if spec.start:
+                report(0.9, "starting")
+                node.session.call(lambda _c: dom.create(), ref=uid)
+        except BaseException as exc:
+            # Nothing half-made: the domain and the disks it got go away together.
+            self._undo_create(node, dom, made)
+            if isinstance(exc, DriverError) and "already exists" in str(exc):
+                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
+            raise
+        with self._lock:
+            self._where[uid] = node.name
+        report(1.0, "created")
+        return self._info(node, dom)
+
+    def _make_disk(self, node: _Node, uid: str, dev: str, disk: DiskSpec) -> mapping.DiskRecord:
+        fmt = disk.format or self.default_disk_format or DiskFormat.QCOW2
+        path = node.store.create(f"vd-{uid}-{dev}", disk.size_gib, fmt, disk.thin)
+        return mapping.DiskRecord(
+            dev=dev, path=path, size_gib=disk.size_gib, format=fmt, thin=disk.thin, label=disk.label
+        )
+
+    def _undo_create(self, node: _Node, dom: Any, made: list[mapping.DiskRecord]) -> None:
+        if dom is not None:
+            with contextlib.suppress(Exception):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(Exception):
+                dom.undefineFlags(_UNDEFINE_FLAGS)
+        for disk in made:
+            try:
+                node.store.delete(disk.path)
+            except Exception:
+                log.exception("could not remove disk %s of a failed create", disk.path)
+
+    def destroy(self, instance_id: str) -> None:
+        node, dom, record = self._managed(instance_id)
+        if self._active(node, dom):
+            node.session.call(lambda _c: dom.destroy(), ref=instance_id)
+        node.session.call(lambda _c: dom.undefineFlags(_UNDEFINE_FLAGS), ref=instance_id)
+        with self._lock:
+            self._records.pop(instance_id, None)
+            self._where.pop(instance_id, None)
+        for disk in record.disks:
+            if disk.owned:
+                try:
+                    node.store.delete(disk.path)
+                except DriverError:
+                    log.warning("could not remove disk %s of %s", disk.path, instance_id)
+
+    def _require(self, state: PowerState, name: str, *allowed: PowerState) -> None:
+        if state not in allowed:
+            wanted = " or ".join(s.value for s in allowed)
+            raise InvalidState(f"instance {name!r} is {state.value}, needs {wanted}")
+
+    def power_on(self, instance_id: str) -> InstanceInfo:
+        node, dom, record = self._managed(instance_id)
+        state = self._state(node, dom)
+        if state == PowerState.RUNNING:
+            return record.info(state, node.name)
+        self._require(state, record.name, PowerState.SHUTDOWN, PowerState.CRASHED)
+        node.session.call(lambda _c: dom.create(), ref=instance_id)
+        return self._info(node, dom, fresh=False)
+
+    def _wait_for(self, node: _Node, dom: Any, done: Callable[[PowerState], bool], timeout: float) -> bool:
+        """Wait for a state up to ``timeout``: each lifecycle event wakes us to read it again.
+
+        The state is read outside the condition, so libvirt's event thread never waits on a
+        caller that is itself waiting on libvirt.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._changed:
+                seen = self._change_count
+            if done(self._state(node, dom)):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                if self._change_count == seen:
+                    self._changed.wait(min(remaining, 1.0))
+
+    def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        node, dom, record = self._managed(instance_id)
+        state = self._state(node, dom)
+        if state == PowerState.SHUTDOWN:
+            return record.info(state, node.name)
+        if state == PowerState.SUSPENDED:
+            node.session.call(lambda _c: dom.managedSaveRemove(0), ref=instance_id)
+            return self._info(node, dom, fresh=False)
+        if not force and timeout > 0 and state == PowerState.RUNNING:
+            node.session.call(lambda _c: dom.shutdown(), ref=instance_id)
+            if self._wait_for(node, dom, lambda s: s == PowerState.SHUTDOWN, timeout):
+                return self._info(node, dom, fresh=False)
+            log.info("instance %s did not shut down in %.1f s: forcing it off", instance_id, timeout)
+        with contextlib.suppress(InvalidState):  # it may have stopped by itself meanwhile
+            node.session.call(lambda _c: dom.destroy(), ref=instance_id)
+        return self._info(node, dom, fresh=False)
+
+    def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
+        node, dom, record = self._managed(instance_id)
+        state = self._state(node, dom)
+        if hard:
+            self._require(state, record.name, PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED)
+            try:
+                node.session.call(lambda _c: dom.reset(0), ref=instance_id)
+            except NotSupported:
+                node.session.call(lambda _c: dom.destroy(), ref=instance_id)
+                node.session.call(lambda _c: dom.create(), ref=instance_id)
+            if self._state(node, dom) == PowerState.PAUSED:
+                node.session.call(lambda _c: dom.resume(), ref=instance_id)
+        else:
+            self._require(state, record.name, PowerState.RUNNING)
+            node.session.call(lambda _c: dom.reboot(0), ref=instance_id)
+        return self._info(node, dom, fresh=False)
+
+    def list_nodes(self) -> list[NodeInfo]:
+        out = []
+        for node in list(self._nodes.values()):
+            try:
+                hv = node.session.call(lambda c: str(c.getType()))
+                out.append(NodeInfo(name=node.name, hypervisor_type=hv.lower(), state="up"))
+            except DriverError:
+                out.append(NodeInfo(name=node.name, hypervisor_type="unknown", state="down"))
+        return out
+
+    def host_resources(self, node: str | None = None) -> HostResources:
+        n = self._node(node)
+        info, hv, hv_version = n.session.call(lambda c: (c.getInfo(), str(c.getType()), int(c.getVersion())))
+        vcpus_used = memory_used = 0
+        disk_used = 0
+        for dom, stats in self._stats(n):
+            try:
+                record = self._record(n, dom)
+            except InstanceNotFound:
+                continue
+            disk_used += sum(d.size_gib for d in record.disks)
+            if mapping.power_state(int(stats.get("state.state", 0)), 0) in (PowerState.RUNNING, PowerState.PAUSED):
+                vcpus_used += record.vcpus
+                memory_used += record.memory_mb
+        try:
+            disk_total, _ = n.store.usage_gib()
+        except DriverError:
+            disk_total = 0
+        return HostResources(
+            node=n.name,
+            vcpus_total=int(info[2]),
+            vcpus_used=vcpus_used,
+            memory_mb_total=int(info[1]),
+            memory_mb_used=memory_used,
+            disk_gib_total=max(disk_total, disk_used),
+            disk_gib_used=disk_used,
+            hypervisor_type=hv.lower(),
+            hypervisor_version=_version(hv_version),
+        )
+
+    # -- power extras -------------------------------------------------------------------------
+
+    def _transition(
+        self, instance_id: str, allowed: tuple[PowerState, ...], action: Callable[[Any], object]
+    ) -> InstanceInfo:
+        node, dom, record = self._managed(instance_id)
+        self._require(self._state(node, dom), record.name, *allowed)
+        node.session.call(lambda _c: action(dom), ref=instance_id)
+        return self._info(node, dom, fresh=False)
+
+    def pause(self, instance_id: str) -> InstanceInfo:
+        return self._transition(instance_id, (PowerState.RUNNING,), lambda d: d.suspend())
+
+    def unpause(self, instance_id: str) -> InstanceInfo:
+        return self._transition(instance_id, (PowerState.PAUSED,), lambda d: d.resume())
+
+    def suspend(self, instance_id: str) -> InstanceInfo:
+        return self._transition(instance_id, (PowerState.RUNNING, PowerState.PAUSED), lambda d: d.managedSave(0))
+
+    def resume(self, instance_id: str) -> InstanceInfo:
+        return self._transition(instance_id, (PowerState.SUSPENDED,), lambda d: d.create())
+
+    def resize(self, instance_id: str, *, vcpus: int | None = None, memory_mb: int | None = None) -> InstanceInfo:
+        """Changes the persistent definition: a running guest gets the new size at its next boot."""
+        node, dom, _ = self._managed(instance_id)
+        xml = node.session.call(lambda _c: dom.XMLDesc(_XML_INACTIVE), ref=instance_id)
+        new = mapping.resized_xml(xml, vcpus=vcpus, memory_mb=memory_mb)
+        node.session.call(lambda c: c.defineXML(new), ref=instance_id)
+        with self._lock:
+            self._records.pop(instance_id, None)
+        return self._info(node, dom)
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def _set_disks(
+        self, node: _Node, dom: Any, record: mapping.DomainRecord, disks: tuple[mapping.DiskRecord, ...]
+    ) -> None:
+        flags = _AFFECT_CONFIG | (_AFFECT_LIVE if self._active(node, dom) else 0)
+        meta = mapping.metadata_xml(record.metadata, disks)
+        node.session.call(
+            lambda _c: dom.setMetadata(_METADATA_ELEMENT, meta, mapping.PREFIX, mapping.NAMESPACE, flags),
+            ref=record.uuid,
+        )
+        with self._lock:
+            self._records.pop(record.uuid, None)
+
+    def _redefine_disks(
+        self, node: _Node, dom: Any, record: mapping.DomainRecord, disks: tuple[mapping.DiskRecord, ...]
+    ) -> None:
+        xml = node.session.call(lambda _c: dom.XMLDesc(_XML_INACTIVE), ref=record.uuid)
+        new = mapping.redefined_disks_xml(xml, record.metadata, disks)
+        node.session.call(lambda c: c.defineXML(new), ref=record.uuid)
+        with self._lock:
+            self._records.pop(record.uuid, None)
+
+    def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        """Hot-plugs into a running guest (SCSI, no guest help needed); redefines a stopped one."""
+        node, dom, record = self._managed(instance_id)
+        record = self._record(node, dom, fresh=True)
+        dev = mapping.next_disk_dev({d.dev for d in record.disks})
+        new = self._make_disk(node, instance_id, dev, disk)
+        try:
+            if self._active(node, dom):
+                flags = _AFFECT_CONFIG | _AFFECT_LIVE
+                node.session.call(lambda _c: dom.attachDeviceFlags(mapping.disk_xml(new), flags), ref=instance_id)
+                try:
+                    self._set_disks(node, dom, record, (*record.disks, new))
+                except BaseException:
+                    with contextlib.suppress(DriverError):
+                        node.session.call(lambda _c: dom.detachDeviceFlags(mapping.disk_xml(new), flags))
+                    raise
+            else:
+                self._redefine_disks(node, dom, record, (*record.disks, new))
+        except BaseException:
+            node.store.delete(new.path)
+            raise
+        return new.info()
+
+    def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
+        node, dom, record = self._managed(instance_id)
+        record = self._record(node, dom, fresh=True)
+        found = [d for d in record.disks if d.dev == disk_id]
+        if not found:
+            raise NotFound(f"disk {disk_id!r} not attached to {record.name!r}")
+        disk = found[0]
+        left = tuple(d for d in record.disks if d.dev != disk_id)
+        if self._active(node, dom):
+            flags = _AFFECT_CONFIG | _AFFECT_LIVE
+            node.session.call(lambda _c: dom.detachDeviceFlags(mapping.disk_xml(disk), flags), ref=instance_id)
+            self._set_disks(node, dom, record, left)
+        else:
+            self._redefine_disks(node, dom, record, left)
+        if delete and disk.owned:
+            node.store.delete(disk.path)
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
+        node, dom, _ = self._managed(instance_id)
+        with contextlib.suppress(NotFound):
+            node.session.call(lambda _c: dom.snapshotLookupByName(name, 0), ref=instance_id)
+            raise Conflict(f"snapshot {name!r} exists already")
+        xml = mapping.snapshot_xml(name, with_memory=with_memory)
+        snap = node.session.call(lambda _c: dom.snapshotCreateXML(xml, 0), ref=instance_id)
+        return mapping.parse_snapshot_xml(node.session.call(lambda _c: snap.getXMLDesc(0))).info(instance_id)
+
+    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
+        node, dom, _ = self._managed(instance_id)
+        snaps = node.session.call(lambda _c: dom.listAllSnapshots(0), ref=instance_id)
+        out = [mapping.parse_snapshot_xml(self._snapshot_xml(node, s)) for s in snaps]
+        return [r.info(instance_id) for r in sorted(out, key=lambda r: (r.created_at is None, r.created_at, r.name))]
+
+    @staticmethod
+    def _snapshot_xml(node: _Node, snap: Any) -> str:
+        return str(node.session.call(lambda _c: snap.getXMLDesc(0)))
+
+    def _snapshot(self, node: _Node, dom: Any, snapshot_id: str, record: mapping.DomainRecord) -> Any:
+        try:
+            return node.session.call(lambda _c: dom.snapshotLookupByName(snapshot_id, 0))
+        except NotFound:
+            raise NotFound(f"snapshot {snapshot_id!r} of {record.name!r} not found") from None
+
+    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        node, dom, record = self._managed(instance_id)
+        snap = self._snapshot(node, dom, snapshot_id, record)
+        parsed = mapping.parse_snapshot_xml(node.session.call(lambda _c: snap.getXMLDesc(0)))
+        node.session.call(lambda _c: dom.revertToSnapshot(snap, 0), ref=instance_id)
+        if not parsed.with_memory and self._active(node, dom):
+            # A snapshot taken without memory comes back powered off, whatever libvirt kept.
+            node.session.call(lambda _c: dom.destroy(), ref=instance_id)
+        with self._lock:
+            self._records.pop(instance_id, None)
+        return self._info(node, dom)
+
+    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        node, dom, record = self._managed(instance_id)
+        snap = self._snapshot(node, dom, snapshot_id, record)
+        node.session.call(lambda _c: snap.delete(0), ref=instance_id)
+
+    # -- migration -------------------------------------------------------------------------------
+
+    def _migrate(
+        self,
+        instance_id: str,
+        node: str | None,
+        progress: ProgressCallback | None,
+        allowed: tuple[PowerState, ...],
+        flags: int,
+    ) -> InstanceInfo:
+        import libvirt
+
+        src, dom, record = self._managed(instance_id)
+        self._require(self._state(src, dom), record.name, *allowed)
+        if node is None:
+            others = [n for n in self._nodes.values() if n.name != src.name]
+            if not others:
+                raise InvalidState("no other node to migrate to: configure peers")
+            dest = others[0]
+        else:
+            dest = self._node(node)
+        if dest.name == src.name:
+            raise InvalidSpec(f"instance is on {dest.name!r} already", field="node")
+        flags |= _MIGRATE_PERSIST_DEST | _MIGRATE_UNDEFINE_SOURCE
+        if self.settings.migrate_unsafe:
+            flags |= _MIGRATE_UNSAFE
+        params: dict[str, Any] = {}
+        if self.settings.migration_uri and not flags & _MIGRATE_OFFLINE:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = self.settings.migration_uri
+        if progress:
+            progress(0.0, f"migrating to {dest.name}")
+        dconn = dest.session.connection()
+        new = src.session.call(lambda _c: dom.migrate3(dconn, params, flags), ref=instance_id)
+        with self._lock:
+            self._where[instance_id] = dest.name
+            self._records.pop(instance_id, None)
+        if progress:
+            progress(1.0, f"on {dest.name}")
+        return self._info(dest, new)
+
+    def live_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        """libvirt's managed migration to the peer named ``node`` (the first other node when None)."""
+        return self._migrate(instance_id, node, progress, (PowerState.RUNNING, PowerState.PAUSED), _MIGRATE_LIVE)
+
+    def cold_migrate(
+        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
+    ) -> InstanceInfo:
+        """Offline migration: moves the definition; the disks must be where the peer sees them."""
+        return self._migrate(instance_id, node, progress, (PowerState.SHUTDOWN,), _MIGRATE_OFFLINE)
+
+    # -- existing VMs ------------------------------------------------------------------------------
+
+    def list_unmanaged(self) -> list[InstanceInfo]:
+        return [i for i in self._all() if not i.managed]
+
+    def adopt(self, instance_id: str) -> InstanceInfo:
+        node, dom = self._lookup(instance_id)
+        record = self._record(node, dom, fresh=True)
+        if record.managed:
+            raise InvalidState(f"{record.name!r} is managed already")
+        # Its disks stay the owner's: destroy will not delete storage we did not make.
+        self._set_disks(node, dom, record, record.disks)
+        return self._info(node, dom)
