@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import string
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import virtdrivers
 from virtdrivers import DiskFormat, InstanceInfo, InstanceSpec, InvalidSpec, PowerState
 from virtdrivers.objects import DiskSpec, IncompatibleObjectVersion, VersionedObject, object_registry
 from virtdrivers.objects.compute import MAX_MEMORY_MB, MAX_NAME_LENGTH, MAX_VCPUS, MIN_MEMORY_MB
@@ -21,6 +24,8 @@ FINGERPRINTS = Path(__file__).with_name("object_fingerprints.json")
 
 def test_every_object_schema_matches_its_recorded_fingerprint() -> None:
     """A schema change without a version bump fails here, naming the object to bump."""
+    for module in pkgutil.walk_packages(virtdrivers.__path__, "virtdrivers."):
+        importlib.import_module(module.name)  # every object class registers itself on import
     recorded: dict[str, str] = json.loads(FINGERPRINTS.read_text())
     current = {
         name: cls.fingerprint() for name, cls in object_registry.items() if cls.__module__.startswith("virtdrivers.")

@@ -233,7 +233,9 @@ class BackendInfo(VersionedObject):
 
     VERSION = "1.0"
     backend: str
+    """The hypervisor or manager itself (QEMU, vCenter, Hyper-V, oVirt Engine), not the SDK."""
     backend_version: str = ""
     endpoint: str = ""
     """Where it is connected, with any credentials removed."""
     libraries: dict[str, str] = Field(default_factory=dict)
+    """Client-side libraries and middleware with their versions (libvirt, pyvmomi, pywinrm, ...)."""

@@ -103,7 +103,7 @@ def test_wrong_password_is_authentication_failed_and_never_shown(
 
 def test_right_password_connects_and_reports_backend(driver: HypervDriver, endpoint: dict[str, Any]) -> None:
     info = driver.backend_info()
-    assert info.backend == "hyperv"
+    assert info.backend == "Hyper-V"
     assert info.libraries["cluster"] == "HVCLUSTER"
     assert endpoint["password"] not in info.model_dump_json()
     assert endpoint["password"] not in repr(driver)

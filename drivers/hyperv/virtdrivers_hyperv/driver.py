@@ -165,7 +165,7 @@ class HypervDriver(Driver):
 
         info = self._run("info")
         return BackendInfo(
-            backend="hyperv",
+            backend="Hyper-V",
             backend_version=f"Windows {info.get('Os', '')}",
             endpoint=self.settings.endpoint,
             libraries={

@@ -271,12 +271,12 @@ class LibvirtDriver(Driver):
             lambda c: (str(c.getType()), int(c.getVersion()), int(c.getLibVersion()))
         )
         return BackendInfo(
-            backend=f"libvirt {hv_type}",
-            backend_version=f"libvirt {_version(lib_version)}, {hv_type} {_version(hv_version)}",
+            # The hypervisor is the backend (QEMU, or libvirt's TEST driver); libvirt is a library.
+            backend=hv_type,
+            backend_version=_version(hv_version),
             endpoint=redact(node.session.uri),
             libraries={
                 "libvirt": _version(lib_version),
-                hv_type.lower(): _version(hv_version),
                 "libvirt-python": importlib.metadata.version("libvirt-python"),
             },
         )
