@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from virtdrivers.objects import (
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers.testing.process import stop_child
 from virtdrivers_ovirt import mapping
 from virtdrivers_ovirt.events import StatusPoller
 from virtdrivers_ovirt.session import OvirtSettings, Session, wait_until
@@ -71,15 +70,7 @@ def _simulator_endpoint() -> Iterator[Mapping[str, Any]]:
             raise BackendUnavailable(f"ovirt simulator exited with status {proc.wait(timeout=10)}")
         yield json.loads(line)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_child(proc, grace=10.0)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from virtdrivers.driver import EmbeddedEndpoint
 from virtdrivers.errors import BackendUnavailable
+from virtdrivers.testing.process import stop_child
 from virtdrivers_hyperv.simulator.app import PASSWORD_ENV
 
 __all__ = ["embedded_endpoints", "run_simulator"]
@@ -65,7 +66,7 @@ def run_simulator(
             "operation_timeout": 5,
         }
     finally:
-        _stop(proc)
+        stop_child(proc)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -85,24 +86,6 @@ def _first_line(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     finally:
         sel.close()
     raise BackendUnavailable(f"the Hyper-V simulator did not start (exit code {proc.poll()})")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the simulator we started, and only it: close its stdin, then SIGTERM, then SIGKILL, by PID."""
-    with contextlib.suppress(OSError):
-        if proc.stdin is not None:
-            proc.stdin.close()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @contextlib.contextmanager

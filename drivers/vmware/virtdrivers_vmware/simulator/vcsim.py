@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from virtdrivers.errors import BackendUnavailable
+from virtdrivers.testing.process import stop_child
 
 _ROOM = Path(__file__).resolve().parents[2]
 USER = "vdadmin"
@@ -132,20 +133,7 @@ class Vcsim:
         """Stop the process we started (by its PID, through stdin then SIGTERM, SIGKILL last)."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            with contextlib.suppress(OSError):
-                if proc.stdin:
-                    proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+            stop_child(proc, grace=10.0)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
