@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from virtdrivers.capabilities import Capability, DiskFormat
-from virtdrivers.errors import InvalidSpec, NotSupported
+from virtdrivers.errors import InstanceNotFound, InvalidSpec, NotSupported
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -354,8 +354,6 @@ class Driver(ABC):
 
     def find_instance(self, name: str) -> InstanceInfo:
         """One instance by name. Drivers with a cheaper lookup may override."""
-        from virtdrivers.errors import InstanceNotFound
-
         for info in self.list_instances():
             if info.name == name:
                 return info

@@ -26,7 +26,7 @@ from virtdrivers.driver import Driver
 from virtdrivers.errors import ContractMismatch, DriverNotFound, PluginLoadError
 from virtdrivers.version import CONTRACT_VERSION, ContractVersion
 
-__all__ = ["NAMESPACE", "DriverEntry", "driver_class", "list_drivers", "load"]
+__all__ = ["NAMESPACE", "DriverEntry", "distribution_of", "driver_class", "list_drivers", "load"]
 
 #: The entry-point group drivers register in.
 NAMESPACE = "virtdrivers.drivers"
@@ -76,6 +76,11 @@ def _check_contract(name: str, cls: object) -> type[Driver]:
             f"but this virtdrivers provides only {CONTRACT_VERSION}: upgrade virtdrivers"
         )
     return cls
+
+
+def distribution_of(name: str) -> tuple[str | None, str | None]:
+    """(distribution, version) that registers driver ``name``, without importing it."""
+    return _distributions().get(name, (None, None))
 
 
 def _distributions() -> dict[str, tuple[str | None, str | None]]:

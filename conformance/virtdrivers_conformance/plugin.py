@@ -28,6 +28,7 @@ import pytest
 import virtdrivers
 from virtdrivers import Driver
 from virtdrivers.errors import redact
+from virtdrivers.loader import distribution_of
 
 __all__ = ["SESSION_KEY", "ConformanceSession", "parse_setting"]
 
@@ -128,12 +129,10 @@ class ConformanceSession:
             pytest.exit(f"cannot start {self.name}: {self.column['error']}", returncode=3)
 
     def _start(self) -> None:
-        entry = next((e for e in virtdrivers.list_drivers() if e.name == self.name), None)
         self.cls = virtdrivers.driver_class(self.name)
+        distribution, version = distribution_of(self.name)
         self.column.update(
-            distribution=entry.distribution if entry else None,
-            driver_version=entry.version if entry else None,
-            contract_version=self.cls.contract_version,
+            distribution=distribution, driver_version=version, contract_version=self.cls.contract_version
         )
         if not self.settings:
             endpoints = {e.name: e for e in self.cls.embedded_endpoints()}
