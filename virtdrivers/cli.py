@@ -362,5 +362,289 @@ _power_command("stop", "Shut an instance down gracefully (forced after 60 s).", 
 _power_command("delete", "Destroy an instance and its disks.", lambda d, i: d.destroy(i))
 
 
+# -- migrate ---------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from virtdrivers.migration import MigrationRecord, MigrationStore, Orchestrator
+
+
+@main.group()
+def migrate() -> None:
+    """Move and resize instances through the resumable migration orchestrator.
+
+    Migration state lives in a database, not on the compute host: --db URL
+    (or $VIRTDRIVERS_MIGRATION_DB), by default a SQLite file under
+    $XDG_STATE_HOME/virtdrivers. Point several hosts at one PostgreSQL database
+    and any of them can resume what another started. A migration interrupted
+    by a crash is finished by "migrate resume" or undone by "migrate revert".
+    """
+
+
+def _db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="VIRTDRIVERS_MIGRATION_DB",
+        help="Migration store URL (sqlite:///PATH or postgresql://...). Default: a SQLite file in the state dir.",
+    )(func)
+
+
+def _store(db_url: str | None) -> MigrationStore:
+    from virtdrivers.migration import MigrationStore
+
+    return MigrationStore(db_url)
+
+
+def _run_with_progress(orch: Orchestrator, migration_id: str) -> MigrationRecord:
+    """Run a migration here, drawing its steps and the driver's progress as they happen."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[message]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(migration_id[:8], total=1.0, message="")
+
+        def on_boundary(mid: str, step: str, phase: str) -> None:
+            if phase != "acted":
+                bar.update(task, description=step, message=phase)
+
+        def on_progress(mid: str, step: str, fraction: float, message: str) -> None:
+            bar.update(task, description=step, completed=fraction, message=message)
+
+        orch.on_boundary, orch.on_progress = on_boundary, on_progress
+        try:
+            record = orch.run(migration_id)
+        finally:
+            orch.on_boundary = orch.on_progress = None
+        bar.update(task, completed=1.0 if record.status == "done" else record.progress, message=record.status)
+    return record
+
+
+def _record_json(record: MigrationRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "instance_id": record.instance_id,
+        "status": record.status,
+        "step": record.step,
+        "phase": record.phase,
+        "progress": record.progress,
+        "message": record.message,
+        "owner": record.owner,
+        "error": record.error,
+        "endpoint": record.endpoint,
+        "spec": record.spec,
+        "plan": record.plan,
+    }
+
+
+def _finish(record: MigrationRecord, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_record_json(record), indent=2))
+    else:
+        tail = f" ({record.error})" if record.error else ""
+        click.echo(f"{record.id}: {record.kind} {record.status}{tail}")
+    if record.status in ("reverted", "rejected"):
+        sys.exit(1)
+
+
+@migrate.command("start")
+@_endpoint_options
+@_db_option
+@click.argument("ref")
+@click.option(
+    "--kind", type=click.Choice(["cold", "resize", "live", "evacuate"]), required=True, help="Migration flavour."
+)
+@click.option("--to", "node", help="Destination node (default: chosen by free capacity; same node for resize).")
+@click.option("--vcpus", type=int, help="Resize: new vCPU count.")
+@click.option("--memory", "memory_mb", type=int, help="Resize: new memory in MiB.")
+@click.option("--allow-cold-fallback", is_flag=True, help="Live: stop, move and restart if it cannot move live.")
+@click.option("--shutdown-timeout", type=float, default=60.0, show_default=True, help="Seconds for a clean stop.")
+@click.option("--detach", is_flag=True, help="Only record it; 'migrate resume' (from any host) runs it.")
+@click.option("--json", "as_json", is_flag=True)
+def migrate_start(
+    ref: str,
+    kind: str,
+    node: str | None,
+    vcpus: int | None,
+    memory_mb: int | None,
+    allow_cold_fallback: bool,
+    shutdown_timeout: float,
+    detach: bool,
+    as_json: bool,
+    db_url: str | None,
+    **endpoint: Any,
+) -> None:
+    """Start migrating an instance (by id or name) and follow it to the end."""
+    from virtdrivers.migration import MigrationSpec, Orchestrator
+
+    store = _store(db_url)
+    with _open_driver(**endpoint) as driver, Orchestrator(store, driver) as orch:
+        info = _find(driver, ref)
+        spec = MigrationSpec(
+            kind=kind,
+            instance_id=info.id,
+            node=node,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            allow_cold_fallback=allow_cold_fallback,
+            shutdown_timeout=shutdown_timeout,
+        )
+        record = orch.start(spec)
+        click.echo(f"migration {record.id}: {kind} of {info.name}", err=True)
+        if not detach:
+            record = _run_with_progress(orch, record.id)
+    _finish(record, as_json)
+
+
+@migrate.command("status")
+@_db_option
+@click.argument("migration_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Follow it (run by any orchestrator) until it ends.")
+def migrate_status(migration_id: str, as_json: bool, watch: bool, db_url: str | None) -> None:
+    """Show one migration (by id or unique id prefix) with its step history."""
+    store = _store(db_url)
+    record = store.find(migration_id)
+    if watch and record.active:
+        record = _watch(store, record.id)
+    if as_json:
+        data = _record_json(record)
+        data["events"] = [
+            {"at": e.at, "owner": e.owner, "step": e.step, "phase": e.phase, "detail": e.detail}
+            for e in store.events(record.id)
+        ]
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"[bold]{record.id}[/] {record.kind} of {record.instance_id}: [bold]{record.status}[/]"
+        f" at {record.step or '-'} ({record.phase or '-'}), {record.progress:.0%}"
+    )
+    if record.error:
+        console.print(f"error: {record.error}", markup=False)
+    table = Table("time", "owner", "step", "phase", "detail")
+    for e in store.events(record.id):
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
+        table.add_row(stamp, e.owner or "-", e.step or "-", e.phase, e.detail)
+    console.print(table)
+
+
+def _watch(store: MigrationStore, migration_id: str) -> MigrationRecord:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+        transient=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("", total=1.0, message="")
+        while True:
+            record = store.get(migration_id)
+            bar.update(
+                task, description=record.step or record.status, completed=record.progress, message=record.message
+            )
+            if not record.active:
+                return record
+            time.sleep(0.5)  # poll the store: the migration may be run by a process on another host
+
+
+@migrate.command("list")
+@_db_option
+@click.option("--active", is_flag=True, help="Only unfinished migrations.")
+@click.option("--json", "as_json", is_flag=True)
+def migrate_list(active: bool, as_json: bool, db_url: str | None) -> None:
+    """List migrations, oldest first."""
+    from virtdrivers.migration import ACTIVE
+
+    records = _store(db_url).list_migrations(statuses=ACTIVE if active else None)
+    if as_json:
+        click.echo(json.dumps([_record_json(r) for r in records], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "kind", "instance", "status", "step", "progress", "owner", "error")
+    for r in records:
+        step = f"{r.step}:{r.phase}" if r.step else "-"
+        table.add_row(
+            r.id[:8], r.kind, r.instance_id, r.status, step, f"{r.progress:.0%}", r.owner or "-", r.error or ""
+        )
+    Console().print(table)
+
+
+@migrate.command("resume")
+@_endpoint_options
+@_db_option
+@click.argument("migration_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def migrate_resume(migration_id: str | None, as_json: bool, db_url: str | None, **endpoint: Any) -> None:
+    """Finish (or finish reverting) one interrupted migration, or every one of this endpoint."""
+    from virtdrivers.migration import ACTIVE, MigrationBusy, Orchestrator
+
+    store = _store(db_url)
+    with _open_driver(**endpoint) as driver, Orchestrator(store, driver) as orch:
+        if migration_id:
+            ids = [store.find(migration_id).id]
+        else:
+            ids = [r.id for r in store.list_migrations(endpoint=orch.endpoint, statuses=ACTIVE)]
+            if not ids:
+                click.echo("nothing to resume", err=True)
+                return
+        records = []
+        for mid in ids:
+            try:
+                records.append(_run_with_progress(orch, mid))
+            except MigrationBusy as exc:
+                if migration_id:
+                    raise
+                click.echo(f"skipped: {exc}", err=True)
+    if as_json:
+        click.echo(json.dumps([_record_json(r) for r in records], indent=2))
+    else:
+        for r in records:
+            click.echo(f"{r.id}: {r.kind} {r.status}" + (f" ({r.error})" if r.error else ""))
+    if any(r.status in ("reverted", "rejected") for r in records) and migration_id:
+        sys.exit(1)
+
+
+@migrate.command("revert")
+@_endpoint_options
+@_db_option
+@click.argument("migration_id")
+@click.option("--json", "as_json", is_flag=True)
+def migrate_revert(migration_id: str, as_json: bool, db_url: str | None, **endpoint: Any) -> None:
+    """Undo an unfinished migration: put the instance back where, as big and as powered as it was.
+
+    With endpoint options the revert runs here; without, the orchestrator running the
+    migration reverts it at its next step, or the next "migrate resume" does.
+    """
+    from virtdrivers.migration import Orchestrator
+
+    store = _store(db_url)
+    record = store.request_revert(store.find(migration_id).id)
+    if not (endpoint.get("driver_name") or endpoint.get("endpoint_name")):
+        click.echo(f"{record.id}: revert requested", err=True)
+        return
+    with _open_driver(**endpoint) as driver, Orchestrator(store, driver) as orch:
+        record = _run_with_progress(orch, record.id)
+    _finish(record, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,9 @@ Knobs for tests of code that uses a driver:
   so the timeout-then-force path runs.
 - ``unmanaged=N`` seeds N running "pet" instances created outside virtdrivers.
 - ``FakeDriver.fail_node(name)`` marks a node down, for evacuation.
+- ``state_file=PATH`` keeps the hypervisor in a JSON file under an ``fcntl`` lock
+  instead of memory, so several processes share it and it survives any of them
+  being killed (multi-process agents, crash and resume tests).
 """
 
 from virtdrivers.fake.driver import FakeDriver, FakeSettings

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import itertools
+import json
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -55,6 +58,14 @@ class FakeSettings(DriverSettings):
     node_disk_gib: int = Field(default=10 * 1024, ge=1)
     unmanaged: int = Field(default=0, ge=0, le=10_000)
     """Pre-existing instances created "outside" virtdrivers, for adoption."""
+    state_file: str | None = Field(default=None, max_length=4096)
+    """JSON file holding the whole hypervisor, shared by every process that names it.
+
+    Each operation takes an ``fcntl`` lock on ``<state_file>.lock``, loads the file,
+    mutates and saves it atomically, so the fake outlives the processes driving it:
+    what multi-process agents and crash tests (an orchestrator SIGKILLed mid-migration)
+    need. Events are still delivered only inside the process that caused them.
+    """
 
 
 @dataclass
@@ -112,11 +123,141 @@ class _Instance:
         return replace(self, disks=[replace(d) for d in self.disks], metadata=dict(self.metadata), snapshots={})
 
 
+def _disk_to_json(d: _Disk) -> dict[str, Any]:
+    return {"id": d.id, "size_gib": d.size_gib, "format": d.format.value, "thin": d.thin, "label": d.label}
+
+
+def _disk_from_json(d: dict[str, Any]) -> _Disk:
+    return _Disk(d["id"], d["size_gib"], DiskFormat(d["format"]), d["thin"], d["label"])
+
+
+def _instance_to_json(inst: _Instance) -> dict[str, Any]:
+    return {
+        "id": inst.id,
+        "name": inst.name,
+        "vcpus": inst.vcpus,
+        "memory_mb": inst.memory_mb,
+        "node": inst.node,
+        "power_state": inst.power_state.value,
+        "disks": [_disk_to_json(d) for d in inst.disks],
+        "metadata": inst.metadata,
+        "managed": inst.managed,
+        "ha_enabled": inst.ha_enabled,
+        "ha_priority": inst.ha_priority.value,
+        "snapshots": [
+            {
+                "id": s.id,
+                "name": s.name,
+                "created_at": s.created_at.isoformat(),
+                "with_memory": s.with_memory,
+                "image": _instance_to_json(s.image),
+            }
+            for s in inst.snapshots.values()
+        ],
+    }
+
+
+def _instance_from_json(d: dict[str, Any]) -> _Instance:
+    snapshots = {
+        s["id"]: _Snapshot(
+            s["id"],
+            s["name"],
+            datetime.datetime.fromisoformat(s["created_at"]),
+            s["with_memory"],
+            _instance_from_json(s["image"]),
+        )
+        for s in d["snapshots"]
+    }
+    return _Instance(
+        id=d["id"],
+        name=d["name"],
+        vcpus=d["vcpus"],
+        memory_mb=d["memory_mb"],
+        node=d["node"],
+        power_state=PowerState(d["power_state"]),
+        disks=[_disk_from_json(x) for x in d["disks"]],
+        metadata=dict(d["metadata"]),
+        managed=d["managed"],
+        ha_enabled=d["ha_enabled"],
+        ha_priority=HAPriority(d["ha_priority"]),
+        snapshots=snapshots,
+    )
+
+
+class _FileLock:
+    """Re-entrant lock that makes a state file the truth for the outermost critical section.
+
+    Entering (outermost) takes the thread lock, then an exclusive ``flock`` on a side
+    file, and loads the state; leaving saves it with write-and-rename, so a process
+    killed at any instant leaves either the old or the new state, never half of one.
+    """
+
+    def __init__(self, backend: _Backend, path: str) -> None:
+        self._backend = backend
+        self._path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        self._depth += 1
+        if self._depth > 1:
+            return
+        try:
+            fd = os.open(self._path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._load()
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        except BaseException:
+            self._depth -= 1
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        try:
+            if self._depth == 1 and self._fd is not None:
+                fd, self._fd = self._fd, None
+                try:
+                    self._save()
+                finally:
+                    os.close(fd)  # closing the only descriptor releases the flock
+        finally:
+            self._depth -= 1
+            self._thread_lock.release()
+        return False
+
+    def _load(self) -> None:
+        try:
+            with open(self._path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return  # first user: the freshly seeded in-memory state becomes the file's
+        self._backend.nodes = {str(k): bool(v) for k, v in data["nodes"].items()}
+        self._backend.instances = {i["id"]: _instance_from_json(i) for i in data["instances"]}
+
+    def _save(self) -> None:
+        data = {
+            "nodes": self._backend.nodes,
+            "instances": [_instance_to_json(i) for i in self._backend.instances.values()],
+        }
+        tmp = f"{self._path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)  # no fsync: this survives process death, which is all it is for
+        os.replace(tmp, self._path)
+
+
 class _Backend:
     """One in-memory hypervisor: nodes, instances and an event dispatcher."""
 
     def __init__(self, settings: FakeSettings) -> None:
-        self.lock = threading.RLock()
+        self.lock: contextlib.AbstractContextManager[Any] = (
+            _FileLock(self, settings.state_file) if settings.state_file else threading.RLock()
+        )
         self.nodes = {f"fake-node-{i + 1}": True for i in range(settings.nodes)}
         self.settings = settings
         self.instances: dict[str, _Instance] = {}
