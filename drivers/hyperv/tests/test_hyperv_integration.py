@@ -472,3 +472,16 @@ def test_evacuate_after_a_node_dies() -> None:
             assert rebuilt.metadata == {"owner": "ops"}
             assert [disk.id for disk in rebuilt.disks] == [disk.id for disk in plain.disks]
             assert d.power_on(plain.id).power_state == PowerState.RUNNING
+
+
+def test_node_failure_knob_reaches_a_simulator_in_another_process() -> None:
+    """Tests of other processes (an orchestrator's evacuation) fail nodes through the HTTP knob."""
+    from virtdrivers_hyperv.simulator.endpoint import run_simulator, set_node_state
+
+    with run_simulator(https=True) as settings, HypervDriver(settings) as d:
+        set_node_state(settings, "HV-NODE2", down=True)
+        assert {n.name: n.state for n in d.list_nodes()} == {"HV-NODE1": "up", "HV-NODE2": "down"}
+        set_node_state(settings, "HV-NODE2", down=False)
+        assert {n.state for n in d.list_nodes()} == {"up"}
+        with pytest.raises(Exception, match="404"):
+            set_node_state(settings, "NO-SUCH-NODE", down=True)

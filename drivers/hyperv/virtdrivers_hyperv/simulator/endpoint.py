@@ -27,7 +27,7 @@ from virtdrivers.errors import BackendUnavailable
 from virtdrivers.testing.process import stop_child
 from virtdrivers_hyperv.simulator.app import PASSWORD_ENV
 
-__all__ = ["embedded_endpoints", "run_simulator"]
+__all__ = ["embedded_endpoints", "run_simulator", "set_node_state"]
 
 _START_TIMEOUT = 30.0
 _USER = "vd-admin"
@@ -113,3 +113,21 @@ def embedded_endpoints() -> Sequence[EmbeddedEndpoint]:
             _ntlm,
         ),
     )
+
+
+def set_node_state(settings: Mapping[str, Any], node: str, down: bool) -> None:
+    """Fail (``down``) or recover a cluster node of a running simulator, through its test knob.
+
+    ``settings`` are the driver settings the endpoint yielded (host, port, https, ca_file), so
+    any process that can reach the simulator can fail a node, as a real outage would.
+    """
+    import ssl
+    import urllib.request
+
+    scheme = "https" if settings.get("https", True) else "http"
+    url = f"{scheme}://{settings['host']}:{settings['port']}/_sim/nodes/{node}/{'fail' if down else 'recover'}"
+    context = ssl.create_default_context(cafile=settings.get("ca_file")) if scheme == "https" else None
+    request = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+        if reply.status != 204:
+            raise BackendUnavailable(f"the simulator refused to change node {node!r}: HTTP {reply.status}")

@@ -102,6 +102,10 @@ class SimulatorServer(ThreadingHTTPServer):
         return ok
 
 
+#: Path prefix of the node-failure test knob (see ``_Handler._node_knob``).
+NODE_KNOB = "/_sim/nodes/"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: SimulatorServer
     protocol_version = "HTTP/1.1"
@@ -140,6 +144,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- requests -------------------------------------------------------------------------------
 
+    def _node_knob(self) -> None:
+        """Test knob, ``POST /_sim/nodes/<NODE>/fail|recover``: a node dies or comes back.
+
+        Like ``GET /_sim/state`` it sits outside WS-Management and needs no credentials:
+        the simulator listens on 127.0.0.1 only and exists for tests, which must be able to
+        fail a node from any process (an orchestrator's evacuation, for example).
+        """
+        node, _, action = self.path[len(NODE_KNOB) :].partition("/")
+        model = self.server.model
+        with model.lock:
+            if node.upper() not in model.nodes or action not in ("fail", "recover"):
+                self._send(404)
+                return
+            (model.fail_node if action == "fail" else model.recover_node)(node)
+        self._send(204)
+
     def do_GET(self) -> None:
         if self.path == "/_sim/state":
             body = json.dumps(self.server.model.snapshot_state()).encode()
@@ -149,6 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._body()
+        if self.path.startswith(NODE_KNOB):
+            self._node_knob()
+            return
         if self.path.rstrip("/").lower() != "/wsman":
             self._send(404)
             return
