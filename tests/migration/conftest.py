@@ -121,6 +121,16 @@ REAL = [
 ]
 
 
+def _hyperv_fail_node(driver: Driver, node: str, down: bool) -> None:
+    from virtdrivers_hyperv.simulator.endpoint import set_node_state
+
+    set_node_state(driver.settings.model_dump(), node, down)
+
+
+#: Backends whose simulator can fail a node from any process, for evacuation.
+FAIL_NODE: dict[str, Callable[[Driver, str, bool], None]] = {"hyperv": _hyperv_fail_node}
+
+
 def _real_backends() -> list[Backend]:
     """Entries for the real backends that are installed and offer the endpoint; others are left out."""
     from virtdrivers.loader import list_drivers
@@ -142,6 +152,7 @@ def _real_backends() -> list[Backend]:
                 source,
                 dest,
                 unavailable=unavailable,
+                fail_node=FAIL_NODE.get(driver),
                 shared=True,
                 smoke=REAL_SMOKE,
             )
@@ -166,10 +177,19 @@ class Scenario:
     same_node: bool = False
     needs: frozenset[Capability] = frozenset()
 
-    def spec(self, instance_id: str, backend: Backend) -> MigrationSpec:
+    def spec(self, instance: InstanceInfo, backend: Backend) -> MigrationSpec:
         node = backend.source if self.same_node else backend.dest
-        # Test guests have no OS to answer a clean shutdown: force them off rather than wait.
-        return MigrationSpec(kind=self.kind, instance_id=instance_id, node=node, shutdown_timeout=0, **self.resize)
+        # An evacuation carries the instance as the caller last saw it: some backends cannot see an
+        # instance whose node is down. Test guests have no OS to answer a clean shutdown: force them off.
+        last_known = instance if self.kind == "evacuate" else None
+        return MigrationSpec(
+            kind=self.kind,
+            instance_id=instance.id,
+            node=node,
+            shutdown_timeout=0,
+            last_known=last_known,
+            **self.resize,
+        )
 
 
 VCPUS, MEMORY = 1, 512
@@ -263,7 +283,7 @@ class World:
         driver = self.driver()
         try:
             with self.orchestrator(driver) as orch:
-                return orch.start(scenario.spec(instance.id, self.backend))
+                return orch.start(scenario.spec(instance, self.backend))
         finally:
             driver.close()
 
@@ -332,6 +352,9 @@ class World:
             if self.created:
                 driver = self.driver()
                 try:
+                    if self.backend.fail_node is not None and self.backend.shared:
+                        # A shared endpoint outlives the test: bring back the node an evacuation failed.
+                        self.backend.fail_node(driver, self.backend.source, False)
                     for info in driver.list_instances():
                         if info.name in self.created:
                             driver.destroy(info.id)

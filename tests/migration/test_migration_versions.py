@@ -98,10 +98,10 @@ def test_old_and_new_orchestrators_read_and_write_the_same_migrations(url: str, 
         assert (got.node, got.vcpus, got.power_state) == ("fake-node-2", 2, PowerState.RUNNING)
 
         # The old one is gone: back to the newest version, which it could not have read.
-        assert new.target_version("MigrationSpec") == "1.1"
+        assert new.target_version("MigrationSpec") == MigrationSpec.VERSION
         d = driver.create(InstanceSpec(name="d", vcpus=1, memory_mb=64, node="fake-node-1"))
         m4 = new.start(MigrationSpec(kind="live", instance_id=d.id, allow_cold_fallback=True))
-        assert m4.spec["vd_object.version"] == "1.1"
+        assert m4.spec["vd_object.version"] == MigrationSpec.VERSION
         assert MigrationSpec.from_primitive(m4.spec).allow_cold_fallback is True
     store.close()
 
@@ -109,16 +109,16 @@ def test_old_and_new_orchestrators_read_and_write_the_same_migrations(url: str, 
 def test_without_clamping_the_old_orchestrator_could_not_read_the_record(
     url: str, tmp_path: Path, old_peer: Peer
 ) -> None:
-    """The control: a 1.1 record (written while no old peer was registered) is unreadable at 1.0."""
+    """The control: a current record (written while no old peer was registered) is unreadable at 1.0."""
     store = MigrationStore(url)
     with FakeDriver(state_file=str(tmp_path / "fake.json")) as driver:
         info = driver.create(InstanceSpec(name="z", vcpus=1, memory_mb=64, node="fake-node-1"))
         spec = MigrationSpec(kind="live", instance_id=info.id)
         with Orchestrator(store, driver) as new:
             clamped = new.start(spec)
-        # Written as a lone new orchestrator would have (1.1), straight into the store:
+        # Written as a lone new orchestrator would have (current version), straight into the store:
         unclamped = store.create("unclamped-1", clamped.endpoint, "live", "other-instance", spec.to_primitive())
     error = old_peer.ask(op="read", id=unclamped.id).get("error", "")
-    assert "MigrationSpec 1.1 is not readable by this version (1.0)" in error
+    assert f"MigrationSpec {MigrationSpec.VERSION} is not readable by this version (1.0)" in error
     assert old_peer.ask(op="read", id=clamped.id)["spec"]["instance_id"] == info.id
     store.close()

@@ -34,6 +34,7 @@ from virtdrivers.errors import (
     BackendUnavailable,
     Conflict,
     DriverError,
+    InstanceNotFound,
     InvalidSpec,
     InvalidState,
     NotSupported,
@@ -415,9 +416,24 @@ class Orchestrator:
     def _nodes(self) -> dict[str, str]:
         return {n.name: n.state for n in self.driver.list_nodes()}
 
+    def _observe(self, ctx: _Ctx) -> InstanceInfo:
+        """The instance as the driver sees it now; every step starts from this, never from memory.
+
+        During an evacuation the driver may not see the instance at all while its node is down
+        (Hyper-V loses a non-clustered VM with its host). Then it is taken as it was last known
+        (the plan's source, or the spec's ``last_known`` at precheck), on its dead node.
+        """
+        try:
+            return self.driver.get_instance(ctx.spec.instance_id)
+        except InstanceNotFound:
+            known = ctx.plan.source if ctx.plan is not None else ctx.spec.last_known
+            if ctx.spec.kind != MigrationKind.EVACUATE or known is None:
+                raise
+            return known
+
     def _step_precheck(self, ctx: _Ctx) -> tuple[str, dict[str, Any]]:
         spec, d = ctx.spec, self.driver
-        info = d.get_instance(spec.instance_id)
+        info = self._observe(ctx)
         nodes = self._nodes()
         caps = self._caps()
         source = info.node
@@ -516,7 +532,7 @@ class Orchestrator:
 
     def _step_prepare(self, ctx: _Ctx) -> tuple[str, dict[str, Any]]:
         plan, d, iid = self._require_plan(ctx), self.driver, ctx.spec.instance_id
-        info = d.get_instance(iid)
+        info = self._observe(ctx)
         if plan.method != TransferMethod.NONE and info.node != plan.dest_node:
             state = self._nodes().get(plan.dest_node)
             if state != "up":
@@ -533,7 +549,7 @@ class Orchestrator:
         plan, d, iid = self._require_plan(ctx), self.driver, ctx.spec.instance_id
         if plan.method == TransferMethod.NONE:
             return "nothing to move", {}
-        info = d.get_instance(iid)
+        info = self._observe(ctx)
         if info.node == plan.dest_node:
             return f"on {plan.dest_node} already", {}
         if info.node != plan.source.node:
@@ -575,7 +591,7 @@ class Orchestrator:
 
     def _step_finish(self, ctx: _Ctx) -> tuple[str, dict[str, Any]]:
         plan, iid, timeout = self._require_plan(ctx), ctx.spec.instance_id, ctx.spec.shutdown_timeout
-        info = self.driver.get_instance(iid)
+        info = self._observe(ctx)
         resized = (info.vcpus, info.memory_mb) != (plan.vcpus, plan.memory_mb)
         info = self._set_size(iid, info, plan.vcpus, plan.memory_mb, timeout)
         power = self._set_power(iid, info, self._wanted_power(plan), timeout)
@@ -589,7 +605,7 @@ class Orchestrator:
         powering it on lets the scheduler pick one; the plan's placement still holds.
         """
         iid = ctx.spec.instance_id
-        info = self.driver.get_instance(iid)
+        info = self._observe(ctx)
         if node is None or info.node in (None, node) or info.power_state != PowerState.RUNNING:
             return ""
         if Capability.LIVE_MIGRATE not in self._caps():
@@ -599,7 +615,7 @@ class Orchestrator:
 
     def _step_confirm(self, ctx: _Ctx) -> tuple[str, dict[str, Any]]:
         plan = self._require_plan(ctx)
-        info = self.driver.get_instance(ctx.spec.instance_id)
+        info = self._observe(ctx)
         want = self._wanted_power(plan)
         problems = []
         floating = info.node is None and info.power_state != PowerState.RUNNING  # stopped, on no host
@@ -618,9 +634,9 @@ class Orchestrator:
     def _step_revert_transfer(self, ctx: _Ctx) -> tuple[str, dict[str, Any]]:
         if ctx.plan is None:
             return "nothing was touched", {}
-        plan, d, iid, timeout = ctx.plan, self.driver, ctx.spec.instance_id, ctx.spec.shutdown_timeout
+        plan, iid, timeout = ctx.plan, ctx.spec.instance_id, ctx.spec.shutdown_timeout
         src = plan.source
-        info = d.get_instance(iid)
+        info = self._observe(ctx)
         done = []
         if (info.vcpus, info.memory_mb) != (src.vcpus, src.memory_mb):
             info = self._set_size(iid, info, src.vcpus, src.memory_mb, timeout)
@@ -657,7 +673,7 @@ class Orchestrator:
         if ctx.plan is None:
             return "", {}
         iid = ctx.spec.instance_id
-        info = self.driver.get_instance(iid)
+        info = self._observe(ctx)
         power = self._set_power(iid, info, self._wanted_power(ctx.plan), ctx.spec.shutdown_timeout)
         placed = self._ensure_on(ctx, ctx.plan.source.node)
         return " and ".join(x for x in (power, placed) if x), {}

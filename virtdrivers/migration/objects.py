@@ -44,8 +44,9 @@ class TransferMethod(enum.StrEnum):
 class MigrationSpec(VersionedObject):
     """What was asked for. Written once at start; never changes."""
 
-    VERSION = "1.1"
-    FIELD_SINCE = {"allow_cold_fallback": "1.1"}
+    VERSION = "1.2"
+    FIELD_SINCE = {"allow_cold_fallback": "1.1", "last_known": "1.2"}
+    CHILD_VERSIONS = {"last_known": [("1.2", "1.1")]}
 
     kind: MigrationKind
     instance_id: str = Field(min_length=1, max_length=255)
@@ -58,6 +59,10 @@ class MigrationSpec(VersionedObject):
     """Seconds a guest gets to shut down cleanly before it is forced off."""
     allow_cold_fallback: bool = False
     """A live migration may stop, move and restart the instance when the backend cannot move it live."""
+    last_known: InstanceInfo | None = None
+    """The instance as the caller last saw it. An evacuation needs it where the backend cannot see an
+    instance whose node is down (Hyper-V: a non-clustered VM vanishes with its host), as Nova's
+    evacuate works from its database record rather than from the dead host."""
 
 
 class MigrationPlan(VersionedObject):
