@@ -189,14 +189,18 @@ class ChildReaper:
 
 # -- errors ------------------------------------------------------------------------------------
 
-_NOT_FOUND = {42: InstanceNotFound, 72: NotFound, 50: NotFound, 49: NotFound, 80: NotFound}
-_NOT_SUPPORTED = {3, 84, 74}
-_INVALID_SPEC = {27, 35, 67, 8}
-_INVALID_STATE = {55, 81}
-_CONFLICT = {28, 90, 87}
-_UNAVAILABLE = {38, 39, 5, 6}
-_AUTH = {45, 79, 94}
-_TIMEOUT = {68, 86}
+#: libvirt virErrorNumber -> the contract's error; one table, so a code can have only one meaning.
+_BY_CODE: dict[int, type[DriverError]] = {
+    42: InstanceNotFound,
+    **dict.fromkeys((72, 50, 49, 80), NotFound),
+    **dict.fromkeys((3, 84, 74), NotSupported),
+    **dict.fromkeys((27, 35, 67, 8), InvalidSpec),
+    **dict.fromkeys((55, 81), InvalidState),
+    **dict.fromkeys((28, 90, 87), Conflict),
+    **dict.fromkeys((38, 39, 5, 6), BackendUnavailable),
+    **dict.fromkeys((45, 79, 94), AuthenticationFailed),
+    **dict.fromkeys((68, 86), Timeout),
+}
 
 
 def translate_error(
@@ -211,23 +215,11 @@ def translate_error(
     message = redact(str(exc), secrets or [])
     if not alive:
         return BackendUnavailable(f"libvirt connection lost: {message}")
-    if code in _NOT_FOUND:
-        cls = _NOT_FOUND[code]
-        return InstanceNotFound(ref, message) if cls is InstanceNotFound else NotFound(message)
-    if code in _NOT_SUPPORTED:
-        return NotSupported(message)
-    if code in _INVALID_SPEC:
-        return InvalidSpec(message)
-    if code in _INVALID_STATE:
-        return InvalidState(message)
-    if code in _CONFLICT:
-        return Conflict(message)
-    if code in _UNAVAILABLE:
-        return BackendUnavailable(message)
-    if code in _AUTH:
-        return AuthenticationFailed(message)
-    if code in _TIMEOUT:
-        return Timeout(message)
+    cls = _BY_CODE.get(code) if code is not None else None
+    if cls is InstanceNotFound:
+        return InstanceNotFound(ref, message)
+    if cls is not None:
+        return cls(message)
     if code == 9 and "already exists" in message:
         return Conflict(message)
     return DriverError(message)
@@ -324,7 +316,7 @@ class Session:
         except lv.libvirtError as exc:
             code = exc.get_error_code()
             message = redact(str(exc), self._secrets())
-            if code in _AUTH:
+            if _BY_CODE.get(code) is AuthenticationFailed:
                 raise AuthenticationFailed(f"libvirt refused the credentials for {self.uri}: {message}") from exc
             raise BackendUnavailable(f"cannot connect to {self.uri}: {message}") from exc
         # Refused by in-process drivers (test, embed), which cannot hang on a peer anyway.
