@@ -8,7 +8,7 @@ True
 """
 
 from virtdrivers.capabilities import Capability, DiskFormat
-from virtdrivers.driver import Driver, DriverSettings, EmbeddedEndpoint, Subscription
+from virtdrivers.driver import Driver, DriverSettings, EmbeddedEndpoint, EndpointHooks, Evidence, Subscription
 from virtdrivers.errors import (
     AuthenticationFailed,
     BackendUnavailable,
@@ -65,7 +65,9 @@ __all__ = [
     "DriverNotFound",
     "DriverSettings",
     "EmbeddedEndpoint",
+    "EndpointHooks",
     "EventType",
+    "Evidence",
     "Flavor",
     "HAPriority",
     "HAState",

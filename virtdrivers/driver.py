@@ -20,13 +20,13 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from virtdrivers.capabilities import Capability, DiskFormat
+from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
 from virtdrivers.errors import InstanceNotFound, InvalidSpec, NotSupported
 from virtdrivers.objects import (
     Aggregate,
@@ -49,7 +49,9 @@ __all__ = [
     "Driver",
     "DriverSettings",
     "EmbeddedEndpoint",
+    "EndpointHooks",
     "EventCallback",
+    "Evidence",
     "ProgressCallback",
     "Subscription",
 ]
@@ -97,23 +99,6 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class EmbeddedEndpoint:
-    """A real or simulated peer a driver package can start by itself, for tests and the parity run.
-
-    ``start`` is a context manager factory: entering it starts the peer (a simulator,
-    a scratch directory for an in-process URI) and yields the settings to load the
-    driver with; leaving it stops the peer and removes what it made. It must import
-    vendor SDKs lazily so that listing endpoints stays cheap.
-    """
-
-    name: str
-    description: str
-    start: Callable[[], AbstractContextManager[Mapping[str, Any]]]
-    #: Capabilities this endpoint cannot serve although the driver class declares them.
-    unavailable: frozenset[Capability] = field(default_factory=frozenset)
 
 
 # ---------------------------------------------------------------------------------------------

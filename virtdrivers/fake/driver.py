@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 import virtdrivers
 from virtdrivers.capabilities import Capability, DiskFormat
@@ -24,11 +24,21 @@ from virtdrivers.driver import (
     Driver,
     DriverSettings,
     EmbeddedEndpoint,
+    EndpointHooks,
     EventCallback,
+    Evidence,
     ProgressCallback,
     Subscription,
 )
-from virtdrivers.errors import BackendUnavailable, Conflict, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.errors import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    Conflict,
+    InstanceNotFound,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+)
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -58,6 +68,9 @@ class FakeSettings(DriverSettings):
     node_disk_gib: int = Field(default=10 * 1024, ge=1)
     unmanaged: int = Field(default=0, ge=0, le=10_000)
     """Pre-existing instances created "outside" virtdrivers, for adoption."""
+    password: SecretStr | None = None
+    """When set, the shared backend it names demands this password of every driver that
+    connects to it (the first to connect sets it), so secret handling has something to hide."""
     state_file: str | None = Field(default=None, max_length=4096)
     """JSON file holding the whole hypervisor, shared by every process that names it.
 
@@ -103,6 +116,8 @@ class _Instance:
     ha_enabled: bool = False
     ha_priority: HAPriority = HAPriority.MEDIUM
     snapshots: dict[str, _Snapshot] = field(default_factory=dict)
+    #: The guest ignores graceful shutdown (set by the endpoint's ``ignore_acpi`` hook).
+    acpi_deaf: bool = False
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -144,6 +159,7 @@ def _instance_to_json(inst: _Instance) -> dict[str, Any]:
         "managed": inst.managed,
         "ha_enabled": inst.ha_enabled,
         "ha_priority": inst.ha_priority.value,
+        "acpi_deaf": inst.acpi_deaf,
         "snapshots": [
             {
                 "id": s.id,
@@ -181,6 +197,7 @@ def _instance_from_json(d: dict[str, Any]) -> _Instance:
         ha_enabled=d["ha_enabled"],
         ha_priority=HAPriority(d["ha_priority"]),
         snapshots=snapshots,
+        acpi_deaf=d.get("acpi_deaf", False),
     )
 
 
@@ -260,6 +277,7 @@ class _Backend:
         )
         self.nodes = {f"fake-node-{i + 1}": True for i in range(settings.nodes)}
         self.settings = settings
+        self.password = settings.password.get_secret_value() if settings.password else None
         self.instances: dict[str, _Instance] = {}
         self.subscribers: dict[int, EventCallback] = {}
         self._sub_ids = itertools.count(1)
@@ -323,10 +341,30 @@ _SHARED_LOCK = threading.Lock()
 def _memory_endpoint() -> Iterator[Mapping[str, Any]]:
     name = f"embedded-{uuid.uuid4()}"
     try:
-        yield {"backend": name, "unmanaged": 2}
+        # Three nodes, so a move to a named node is not the only move there is; a password,
+        # so the suite's secret checks have a secret to look for.
+        yield {"backend": name, "nodes": 3, "unmanaged": 2, "password": f"fake-{uuid.uuid4().hex}"}
     finally:
         with _SHARED_LOCK:
             _SHARED.pop(name, None)
+
+
+def _fail_next_create(settings: Mapping[str, Any], driver: Driver) -> None:
+    if not isinstance(driver, FakeDriver):
+        raise TypeError(f"the fake endpoint's hooks drive a FakeDriver, not {type(driver).__name__}")
+    driver.inject_fault("create", BackendUnavailable("fake: the node lost its storage after the disks were made"))
+
+
+def _ignore_acpi(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> None:
+    if not isinstance(driver, FakeDriver):
+        raise TypeError(f"the fake endpoint's hooks drive a FakeDriver, not {type(driver).__name__}")
+    driver.make_acpi_deaf(instance_id)
+
+
+def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: bool) -> None:
+    if not isinstance(driver, FakeDriver):
+        raise TypeError(f"the fake endpoint's hooks drive a FakeDriver, not {type(driver).__name__}")
+    driver.fail_node(node, down)
 
 
 class FakeDriver(Driver):
@@ -340,7 +378,15 @@ class FakeDriver(Driver):
 
     @classmethod
     def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
-        return (EmbeddedEndpoint("memory", "in-process memory backend", _memory_endpoint),)
+        return (
+            EmbeddedEndpoint(
+                "memory",
+                "in-process memory backend: 3 nodes, 2 unmanaged instances",
+                _memory_endpoint,
+                evidence=Evidence.IN_MEMORY,
+                hooks=EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node),
+            ),
+        )
 
     def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -353,6 +399,11 @@ class FakeDriver(Driver):
     def inject_fault(self, op: str, error: BaseException) -> None:
         """Make the next call of ``op`` (for example "create") raise ``error``."""
         self._faults[op] = error
+
+    def make_acpi_deaf(self, instance_id: str, deaf: bool = True) -> None:
+        """Make an instance's guest ignore graceful shutdown, as a guest with no OS does."""
+        with self._b.lock:
+            self._get(instance_id, managed_only=False).acpi_deaf = deaf
 
     def fail_node(self, node: str, down: bool = True) -> None:
         with self._b.lock:
@@ -406,7 +457,10 @@ class FakeDriver(Driver):
             backend = _SHARED.get(name)
             if backend is None:
                 backend = _SHARED[name] = _Backend(self.settings)
-            self._backend = backend
+        given = self.settings.password.get_secret_value() if self.settings.password else None
+        if backend.password is not None and given != backend.password:
+            raise AuthenticationFailed(f"fake: backend {name!r} refused the password")
+        self._backend = backend
 
     def close(self) -> None:
         for sub in list(self._subscriptions):
@@ -496,10 +550,10 @@ class FakeDriver(Driver):
             inst = self._get(instance_id)
             if inst.power_state == PowerState.SHUTDOWN:
                 return inst.info()
-            ignores_acpi = inst.metadata.get("fake.ignore_acpi") == "true"
+            ignores_acpi = inst.acpi_deaf or inst.metadata.get("fake.ignore_acpi") == "true"
             graceful = not force and timeout > 0 and inst.power_state == PowerState.RUNNING
         if graceful and ignores_acpi:
-            time.sleep(min(timeout, 0.05))  # the guest "ignores" the request until the timeout
+            time.sleep(timeout)  # the guest ignores the request: wait it out, then force
         with self._b.lock:
             inst = self._get(instance_id)
             return self._set_power(inst, PowerState.SHUTDOWN, EventType.STOPPED)
