@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -12,16 +13,28 @@ from virtdrivers import BackendUnavailable, EventType, InstanceSpec, LifecycleEv
 from virtdrivers.driver import Driver
 from virtdrivers.fake import FakeDriver
 from virtdrivers_conformance.suite import ConformanceSuite
+from virtdrivers_conformance.suite.fixtures import EndpointUnderTest
 
 
 class TestFakeConformance(ConformanceSuite):
-    """The fake passes the whole suite, wired the way a vendor wires theirs."""
+    """The fake passes the whole suite, wired the way a vendor wires theirs: its endpoint and hooks."""
 
     @pytest.fixture(scope="class")
     @classmethod
-    def driver(cls) -> Iterator[Driver]:
-        with FakeDriver(unmanaged=3) as driver:
+    def endpoint_settings(cls) -> Iterator[Mapping[str, Any]]:
+        with FakeDriver.embedded_endpoints()[0].start() as settings:
+            yield settings
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def driver(cls, endpoint_settings: Mapping[str, Any]) -> Iterator[Driver]:
+        with FakeDriver(**endpoint_settings) as driver:
             yield driver
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def endpoint(cls, endpoint_settings: Mapping[str, Any]) -> EndpointUnderTest:
+        return EndpointUnderTest(hooks=FakeDriver.embedded_endpoints()[0].hooks, settings=endpoint_settings)
 
 
 def test_concurrent_creates_are_all_kept_and_names_stay_unique() -> None:

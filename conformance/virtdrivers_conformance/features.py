@@ -41,23 +41,36 @@ class Feature:
 _MANDATORY = [
     Feature("connect", "lifecycle", "Connect and close", "Connect, report the backend and versions, close; twice."),
     Feature(
+        "secrets",
+        "lifecycle",
+        "Secrets kept",
+        "Refuse a wrong password with AuthenticationFailed; no secret in any error, repr or backend info.",
+    ),
+    Feature(
         "validation", "lifecycle", "Input validation", "Refuse bad specs with InvalidSpec before any backend call."
     ),
     Feature(
-        "create", "lifecycle", "Create", "Create an instance running or stopped, with the asked vCPUs, memory, disks."
+        "create", "lifecycle", "Create", "Create running or stopped on the asked node, every spec field kept; a failed create leaves nothing."
     ),
     Feature("unique_names", "lifecycle", "Duplicate names", "Refuse a duplicate name where the backend forbids it."),
     Feature("metadata", "lifecycle", "Metadata", "Keep the key/value metadata given at create."),
     Feature(
-        "list", "lifecycle", "Bulk list", "List every instance with name, id, power state, vCPUs, memory and node."
+        "list", "lifecycle", "Bulk list", "List every instance exactly as get_instance reports it, in bulk."
     ),
-    Feature("get", "lifecycle", "Get one", "Get an instance by id; InstanceNotFound for an unknown id."),
+    Feature(
+        "get", "lifecycle", "Get one", "Get an instance by id, as the listing shows it; InstanceNotFound for unknown ids."
+    ),
     Feature("destroy", "lifecycle", "Destroy", "Destroy a running instance and everything it owns."),
     Feature("power", "power", "Power on / off", "Power off at once and power on again."),
     Feature("graceful_shutdown", "power", "Graceful shutdown", "Shut down gracefully, forcing off after the timeout."),
     Feature("reboot", "power", "Reboot", "Soft and hard reboot leave the instance running."),
     Feature("nodes", "cluster", "Nodes", "List compute nodes; instances name a listed node."),
-    Feature("host_resources", "cluster", "Host resources", "Report capacity and use of a node."),
+    Feature(
+        "host_resources",
+        "cluster",
+        "Host resources",
+        "Report capacity of a node and the vCPUs and memory its running instances use.",
+    ),
 ]
 
 _TITLES = {

@@ -13,8 +13,10 @@ from virtdrivers_conformance.suite.tests import (
     TestPets,
     TestPower,
     TestResize,
+    TestSecrets,
     TestSnapshots,
     TestStorage,
+    TestUnknownInstances,
 )
 
 __all__ = ["PROBED_KEY", "ConformanceSuite", "DriverFixtures", "feature", "unique_name"]
@@ -31,5 +33,7 @@ class ConformanceSuite(
     TestCluster,
     TestPets,
     TestEvents,
+    TestUnknownInstances,
+    TestSecrets,
 ):
     """Every conformance test. Subclass it as ``TestYourDriver`` and override the ``driver`` fixture."""

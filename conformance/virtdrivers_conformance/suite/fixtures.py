@@ -22,16 +22,18 @@ guard lifted (:meth:`Driver.probing`): a failure is then reported as a skip
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from virtdrivers import Driver, InstanceInfo, InstanceSpec, NotFound
+from virtdrivers import Driver, EndpointHooks, InstanceInfo, InstanceSpec, NotFound
 from virtdrivers_conformance.features import FEATURES
 
-__all__ = ["PROBED_KEY", "DriverFixtures", "feature", "unique_name"]
+__all__ = ["PROBED_KEY", "DriverFixtures", "EndpointUnderTest", "feature", "unique_name"]
 
 #: ``item.stash`` key holding the undeclared capability a test ran as a probe of.
 PROBED_KEY = pytest.StashKey[str]()
@@ -48,6 +50,36 @@ def feature(feature_id: str) -> pytest.MarkDecorator:
 
 def unique_name(prefix: str = "vdc") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class EndpointUnderTest:
+    """The endpoint's fault hooks, bound to the settings its ``start`` yielded.
+
+    A test that needs a hook the endpoint does not offer is skipped with the reason,
+    so the gap is visible in the report instead of being a silent pass.
+    """
+
+    hooks: EndpointHooks = field(default_factory=EndpointHooks)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def _need(self, name: str) -> Any:
+        hook = getattr(self.hooks, name)
+        if hook is None:
+            pytest.skip(f"the endpoint offers no {name} hook (EndpointHooks.{name})")
+        return hook
+
+    def fail_next_create(self, driver: Driver) -> None:
+        self._need("fail_next_create")(self.settings, driver)
+
+    def ignore_acpi(self, driver: Driver, instance_id: str) -> None:
+        self._need("ignore_acpi")(self.settings, driver, instance_id)
+
+    def has_fail_node(self) -> bool:
+        return self.hooks.fail_node is not None
+
+    def fail_node(self, driver: Driver, node: str, down: bool = True) -> None:
+        self._need("fail_node")(self.settings, driver, node, down)
 
 
 class DriverFixtures:
@@ -68,8 +100,22 @@ class DriverFixtures:
         """Override: yield a connected driver for the endpoint under test."""
         pytest.fail("the conformance suite needs a `driver` fixture: subclass ConformanceSuite and provide it")
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def endpoint(cls) -> EndpointUnderTest:
+        """Override to offer the endpoint's fault hooks (see :class:`virtdrivers.EndpointHooks`).
+
+        The default offers none: the tests that need one are skipped, with the reason.
+        """
+        return EndpointUnderTest()
+
     @pytest.fixture(autouse=True)
     def _capability_gate(self, request: pytest.FixtureRequest, driver: Driver) -> Iterator[None]:
+        # -- recording hook (owned by plugin.py): the report/matrix learns which driver is under test.
+        from virtdrivers_conformance.plugin import record_driver
+
+        record_driver(request.config, driver)
+        # -- end of recording hook
         marker = request.node.get_closest_marker("vd_feature")
         if marker is None:
             yield
@@ -86,6 +132,7 @@ class DriverFixtures:
     def make_instance(self, driver: Driver) -> Iterator[MakeInstance]:
         """Create instances that are destroyed after the test, whatever happens."""
         made: list[str] = []
+        lock = threading.Lock()
 
         def make(**overrides: Any) -> InstanceInfo:
             fields: dict[str, Any] = {
@@ -97,7 +144,8 @@ class DriverFixtures:
             }
             fields.update(overrides)
             info = driver.create(InstanceSpec(**fields))
-            made.append(info.id)
+            with lock:  # tests create from several threads at once
+                made.append(info.id)
             return info
 
         yield make

@@ -1,36 +1,56 @@
 """The conformance tests, written once against the public contract.
 
 Each test names its feature; a feature with a capability is checked only
-through the contract, so the same test serves every backend. Tests assert
-observable behaviour (what ``get_instance`` and ``list_instances`` report
-afterwards), not just that a call returned.
+through the contract, so the same test serves every backend. A green cell is a
+claim, so tests pin behaviour rather than success: after every operation they
+read the state back through every read path (``get_instance`` and the bulk
+``list_instances`` must agree field by field), round-trip every field of what
+they asked for, move instances to a node that is not the scheduler's obvious
+choice, and exercise the error paths (unknown ids, wrong states, a create that
+fails half-way, concurrent callers, a guest that ignores ACPI, secrets) through
+the endpoint's hooks (:class:`virtdrivers.EndpointHooks`).
 """
 
 from __future__ import annotations
 
 import queue
 import re
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from virtdrivers import (
+    AuthenticationFailed,
     Capability,
     DiskFormat,
+    DiskInfo,
     DiskSpec,
     Driver,
+    DriverError,
     EventType,
     HAPriority,
     InstanceInfo,
     InstanceNotFound,
     InstanceSpec,
     InvalidSpec,
+    InvalidState,
     LifecycleEvent,
     NotFound,
     NotSupported,
     PowerState,
 )
-from virtdrivers_conformance.suite.fixtures import DriverFixtures, MakeInstance, feature, unique_name
+from virtdrivers_conformance.suite.fixtures import (
+    DriverFixtures,
+    EndpointUnderTest,
+    MakeInstance,
+    feature,
+    unique_name,
+)
 
 __all__ = [
     "TestCluster",
@@ -41,20 +61,95 @@ __all__ = [
     "TestPets",
     "TestPower",
     "TestResize",
+    "TestSecrets",
     "TestSnapshots",
     "TestStorage",
+    "TestUnknownInstances",
 ]
 
 
-def _other_node(driver: Driver, info: InstanceInfo) -> str:
-    nodes = [n.name for n in driver.list_nodes() if n.state == "up" and n.name != info.node]
-    if not nodes:
+# -- read-back helpers ---------------------------------------------------------------------------
+
+
+def agreed(driver: Driver, instance_id: str) -> InstanceInfo:
+    """The instance as ``get_instance`` reports it, after checking the bulk listing says the same."""
+    got = driver.get_instance(instance_id)
+    listed = [i for i in driver.list_instances() if i.id == instance_id]
+    assert len(listed) == 1, f"list_instances shows {instance_id} {len(listed)} times"
+    assert listed[0].model_dump() == got.model_dump(), "list_instances and get_instance disagree"
+    return got
+
+
+def up_nodes(driver: Driver) -> list[str]:
+    return [n.name for n in driver.list_nodes() if n.state == "up"]
+
+
+def _other_nodes(driver: Driver, info: InstanceInfo) -> list[str]:
+    return [n for n in up_nodes(driver) if n not in (info.node, info.host)]
+
+
+def _pick_target(driver: Driver, info: InstanceInfo) -> str:
+    """A node to move to that is not the scheduler's obvious choice: the last other node, not the first."""
+    others = _other_nodes(driver, info)
+    if not others:
         pytest.fail(f"the endpoint needs a second node that is up (instance is on {info.node!r})")
-    return nodes[0]
+    return others[-1]
 
 
 def _where(info: InstanceInfo) -> tuple[str | None, str | None]:
     return info.node, info.host
+
+
+def _disk_shape(d: DiskInfo) -> tuple[int, DiskFormat | None, bool | None, str | None]:
+    return d.size_gib, d.format, d.thin, d.label
+
+
+def _error_texts(exc: BaseException) -> Iterable[str]:
+    """Every text an exception chain can show a person: messages, reprs and arguments."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield str(current)
+        yield repr(current)
+        yield from (repr(a) for a in current.args)
+        yield from (str(v) for v in vars(current).values()) if hasattr(current, "__dict__") else ()
+        current = current.__cause__ or current.__context__
+
+
+def _next_event(
+    events: queue.SimpleQueue[LifecycleEvent], instance_id: str, wanted: set[EventType], timeout: float
+) -> LifecycleEvent | None:
+    """The first event of ``instance_id`` whose type is in ``wanted``, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            event = events.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if event.instance_id == instance_id and event.type in wanted:
+            return event
+    return None
+
+
+def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` in ``count`` threads released together; each result or the exception it raised."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
 
 
 class TestLifecycle(DriverFixtures):
@@ -63,10 +158,7 @@ class TestLifecycle(DriverFixtures):
         driver.connect()  # already connected: must be a no-op
         info = driver.backend_info()
         assert info.backend
-        assert "password" not in info.endpoint.lower()
-        for secret in driver.settings.secrets():
-            assert secret not in info.model_dump_json()
-            assert secret not in repr(driver)
+        assert driver.list_nodes(), "still usable after a second connect"
 
     @feature("validation")
     @pytest.mark.parametrize(
@@ -99,17 +191,92 @@ class TestLifecycle(DriverFixtures):
     def test_create_running(self, driver: Driver, make_instance: MakeInstance) -> None:
         info = make_instance(vcpus=1, memory_mb=self.instance_memory_mb)
         assert info.power_state == PowerState.RUNNING
-        got = driver.get_instance(info.id)
-        assert got.name == info.name
-        assert got.vcpus == 1
-        assert got.memory_mb == self.instance_memory_mb
-        assert got.power_state == PowerState.RUNNING
+        got = agreed(driver, info.id)
+        assert (got.name, got.vcpus, got.memory_mb) == (info.name, 1, self.instance_memory_mb)
+        assert (got.power_state, got.managed) == (PowerState.RUNNING, True)
         assert len(got.disks) == 1
+        assert [_disk_shape(d) for d in got.disks] == [_disk_shape(d) for d in info.disks]
+        assert got.node in up_nodes(driver), f"instance names node {got.node!r}, which list_nodes does not show up"
 
     @feature("create")
     def test_create_stopped(self, driver: Driver, make_instance: MakeInstance) -> None:
         info = make_instance(start=False, disks=[])
-        assert driver.get_instance(info.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, info.id).power_state == PowerState.SHUTDOWN
+
+    @feature("create")
+    def test_create_keeps_every_field(self, driver: Driver, make_instance: MakeInstance) -> None:
+        meta = {"role": "db", "note": "two words"}
+        size = self.disk_gib
+        info = make_instance(
+            vcpus=2,
+            memory_mb=self.instance_memory_mb * 2,
+            start=False,
+            metadata=meta,
+            disks=[
+                {"size_gib": size + 1, "thin": False, "label": "root"},
+                {"size_gib": size + 2, "thin": True, "label": "data"},
+            ],
+        )
+        got = agreed(driver, info.id)
+        assert (got.vcpus, got.memory_mb, got.power_state) == (2, self.instance_memory_mb * 2, PowerState.SHUTDOWN)
+        assert {k: got.metadata.get(k) for k in meta} == meta
+        fmt = driver.default_disk_format
+        shapes = [_disk_shape(d) for d in got.disks]
+        want = [(size + 1, fmt, False, "root"), (size + 2, fmt, True, "data")]
+        if fmt is None:  # the driver chooses: any one format, but the same for both
+            shapes = [(s, None, t, label) for s, _f, t, label in shapes]
+        assert shapes == want, "disks do not round-trip (size, format, thin, label)"
+        assert [_disk_shape(d) for d in info.disks] == [_disk_shape(d) for d in got.disks], (
+            "create returned other disks"
+        )
+
+    @feature("create")
+    def test_create_on_the_named_node(self, driver: Driver, make_instance: MakeInstance) -> None:
+        # Twice on the last node: a scheduler that ignores spec.node cannot put both there by chance.
+        target = up_nodes(driver)[-1]
+        for _ in range(2):
+            info = make_instance(node=target, disks=[])
+            assert info.node == target, f"asked for node {target!r}, create reports {info.node!r}"
+            assert agreed(driver, info.id).node == target
+
+    @feature("create")
+    def test_failed_create_leaves_nothing(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
+        name = unique_name()
+        before = {i.id for i in driver.list_instances()}
+        pets = {i.id for i in driver.list_unmanaged()} if driver.supports(Capability.ADOPT) else set()
+        disks = {n: driver.host_resources(n).disk_gib_used for n in up_nodes(driver)}
+        endpoint.fail_next_create(driver)
+        with pytest.raises(DriverError):
+            make_instance(name=name, disks=[{"size_gib": self.disk_gib + 1}])
+        assert {i.id for i in driver.list_instances()} == before, "a failed create left an instance behind"
+        if driver.supports(Capability.ADOPT):
+            assert {i.id for i in driver.list_unmanaged()} == pets, "a failed create left an unmanaged VM behind"
+        with pytest.raises(InstanceNotFound):
+            driver.find_instance(name)
+        assert {n: driver.host_resources(n).disk_gib_used for n in up_nodes(driver)} == disks, "disks left behind"
+        info = make_instance(name=name)  # nothing of the failed attempt holds the name
+        assert agreed(driver, info.id).name == name
+
+    @feature("create")
+    def test_parallel_creates_of_distinct_instances(self, driver: Driver, make_instance: MakeInstance) -> None:
+        names = [unique_name() for _ in range(4)]
+
+        def shape(i: int) -> tuple[str, int, int]:
+            return names[i], 1 + i % 2, self.instance_memory_mb * (1 + i // 2)
+
+        def create(i: int) -> InstanceInfo:
+            name, vcpus, memory = shape(i)
+            return make_instance(name=name, vcpus=vcpus, memory_mb=memory, start=False, disks=[])
+
+        results = _in_threads(4, create)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"parallel creates failed: {errors}"
+        assert len({r.id for r in results}) == 4
+        for i, made in enumerate(results):
+            got = agreed(driver, made.id)
+            assert (got.name, got.vcpus, got.memory_mb) == shape(i)
 
     @feature("create")
     def test_hostile_name_is_kept_verbatim_or_refused_up_front(
@@ -125,7 +292,7 @@ class TestLifecycle(DriverFixtures):
             assert {i.id for i in driver.list_instances()} == before
             return
         info = make_instance(name=name, start=False, disks=[])
-        assert driver.get_instance(info.id).name == name
+        assert agreed(driver, info.id).name == name
         assert driver.find_instance(name).id == info.id
 
     @feature("unique_names")
@@ -142,87 +309,249 @@ class TestLifecycle(DriverFixtures):
             assert second.id != first.id
             assert [i.name for i in driver.list_instances()].count(first.name) == 2
 
+    @feature("unique_names")
+    def test_concurrent_creates_of_one_name(self, driver: Driver, make_instance: MakeInstance) -> None:
+        name = unique_name()
+        results = _in_threads(4, lambda i: make_instance(name=name, start=False, disks=[]))
+        made = [r for r in results if isinstance(r, InstanceInfo)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        listed = [i.id for i in driver.list_instances() if i.name == name]
+        if driver.unique_names:
+            assert len(made) == 1, f"{len(made)} of 4 concurrent creates of one name succeeded"
+            assert all(isinstance(e, InvalidSpec) and e.field == "name" for e in errors), errors
+            assert listed == [made[0].id]
+        else:
+            assert not errors, errors
+            assert sorted(listed) == sorted(i.id for i in made)
+
     @feature("metadata")
     def test_metadata_round_trip(self, driver: Driver, make_instance: MakeInstance) -> None:
-        meta = {"owner": "team-a", "purpose": "conformance <&>"}
+        meta = {"owner": "team-a", "purpose": "conformance <&>", "quote": 'it\'s "q"'}
         info = make_instance(start=False, disks=[], metadata=meta)
-        got = driver.get_instance(info.id).metadata
+        got = agreed(driver, info.id).metadata
         assert {k: got.get(k) for k in meta} == meta
 
     @feature("list")
     def test_list_reports_every_instance(self, driver: Driver, make_instance: MakeInstance) -> None:
         a = make_instance(disks=[])
-        b = make_instance(start=False, disks=[], vcpus=2, memory_mb=256)
+        b = make_instance(start=False, vcpus=2, memory_mb=self.instance_memory_mb * 2, metadata={"k": "v"})
         listed = {i.id: i for i in driver.list_instances()}
         assert a.id in listed
         assert b.id in listed
         assert listed[a.id].power_state == PowerState.RUNNING
-        assert (listed[b.id].name, listed[b.id].vcpus, listed[b.id].memory_mb) == (b.name, 2, 256)
+        assert (listed[b.id].name, listed[b.id].vcpus, listed[b.id].memory_mb) == (
+            b.name,
+            2,
+            self.instance_memory_mb * 2,
+        )
         assert listed[b.id].power_state == PowerState.SHUTDOWN
         assert listed[a.id].node is not None
+        for info in (a, b):
+            assert listed[info.id].model_dump() == driver.get_instance(info.id).model_dump(), (
+                f"list_instances and get_instance disagree about {info.name}"
+            )
 
     @feature("get")
     def test_get_unknown_raises_instance_not_found(self, driver: Driver) -> None:
         with pytest.raises(InstanceNotFound):
             driver.get_instance("00000000-0000-4000-8000-00000000dead")
+        with pytest.raises(InstanceNotFound):
+            driver.find_instance(unique_name("absent"))
+
+    @feature("get")
+    def test_every_operation_on_a_destroyed_instance_is_instance_not_found(
+        self, driver: Driver, make_instance: MakeInstance
+    ) -> None:
+        info = make_instance(disks=[])
+        driver.destroy(info.id)
+        operations: dict[str, Callable[[], object]] = {
+            "get_instance": lambda: driver.get_instance(info.id),
+            "destroy": lambda: driver.destroy(info.id),
+            "power_on": lambda: driver.power_on(info.id),
+            "power_off": lambda: driver.power_off(info.id, force=True),
+            "reboot": lambda: driver.reboot(info.id, hard=True),
+        }
+        wrong = {}
+        for op, call in operations.items():
+            try:
+                call()
+            except InstanceNotFound:
+                continue
+            except BaseException as exc:
+                wrong[op] = f"{type(exc).__name__}: {exc}"
+            else:
+                wrong[op] = "returned"
+        assert not wrong, f"not InstanceNotFound: {wrong}"
 
     @feature("destroy")
-    def test_destroy_running(self, driver: Driver, instance: InstanceInfo) -> None:
-        driver.destroy(instance.id)
+    def test_destroy_running(self, driver: Driver, make_instance: MakeInstance) -> None:
+        node = up_nodes(driver)[-1]
+        before = driver.host_resources(node).disk_gib_used
+        info = make_instance(node=node, disks=[{"size_gib": self.disk_gib + 1}])
+        driver.destroy(info.id)
         with pytest.raises(InstanceNotFound):
-            driver.get_instance(instance.id)
-        assert instance.id not in {i.id for i in driver.list_instances()}
+            driver.get_instance(info.id)
+        assert info.id not in {i.id for i in driver.list_instances()}
+        assert driver.host_resources(node).disk_gib_used == before, "destroy left its disks counted on the node"
         with pytest.raises(NotFound):
-            driver.destroy(instance.id)
+            driver.destroy(info.id)
+
+
+#: Optional operations called with a destroyed instance's id, each the evidence of its capability.
+_OPTIONAL_OPERATIONS: list[tuple[str, Callable[[Driver, str], object]]] = [
+    ("pause", lambda d, i: d.pause(i)),
+    ("suspend", lambda d, i: d.suspend(i)),
+    ("resize_cpu", lambda d, i: d.resize(i, vcpus=2)),
+    ("resize_memory", lambda d, i: d.resize(i, memory_mb=256)),
+    ("attach_disk", lambda d, i: d.attach_disk(i, DiskSpec(size_gib=1))),
+    ("detach_disk", lambda d, i: d.detach_disk(i, "0")),
+    ("snapshot", lambda d, i: d.list_snapshots(i)),
+    ("live_migrate", lambda d, i: d.live_migrate(i)),
+    ("cold_migrate", lambda d, i: d.cold_migrate(i)),
+    ("high_availability", lambda d, i: d.get_high_availability(i)),
+    ("ha_failover", lambda d, i: d.failover(i)),
+]
+
+
+class TestUnknownInstances(DriverFixtures):
+    """Every optional operation refuses an id that no longer exists with InstanceNotFound."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def gone_id(cls, driver: Driver) -> str:
+        info = driver.create(InstanceSpec(name=unique_name("gone"), vcpus=1, memory_mb=128, start=False))
+        driver.destroy(info.id)
+        return info.id
+
+    @pytest.mark.parametrize(
+        "operation", [pytest.param(call, marks=feature(cap), id=cap) for cap, call in _OPTIONAL_OPERATIONS]
+    )
+    def test_unknown_instance(self, driver: Driver, gone_id: str, operation: Callable[[Driver, str], object]) -> None:
+        with pytest.raises(InstanceNotFound):
+            operation(driver, gone_id)
 
 
 class TestPower(DriverFixtures):
+    #: Seconds the suite gives a guest that ignores ACPI before the driver must force it off.
+    forced_shutdown_timeout: float = 2.0
+
     @feature("power")
     def test_power_off_and_on(self, driver: Driver, instance: InstanceInfo) -> None:
         assert driver.power_off(instance.id, force=True).power_state == PowerState.SHUTDOWN
-        assert driver.get_instance(instance.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, instance.id).power_state == PowerState.SHUTDOWN
         assert driver.power_on(instance.id).power_state == PowerState.RUNNING
-        assert driver.get_instance(instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
+
+    @feature("power")
+    def test_force_never_waits_for_the_guest(
+        self, driver: Driver, endpoint: EndpointUnderTest, instance: InstanceInfo
+    ) -> None:
+        if endpoint.hooks.ignore_acpi is not None:
+            endpoint.ignore_acpi(driver, instance.id)
+        timeout = 60.0
+        started = time.monotonic()
+        info = driver.power_off(instance.id, timeout=timeout, force=True)
+        elapsed = time.monotonic() - started
+        assert info.power_state == PowerState.SHUTDOWN
+        # A contract bound, not a speed claim: force means "do not ask the guest".
+        assert elapsed < timeout / 2, f"power_off(force=True) took {elapsed:.1f}s: it waited for the guest"
 
     @feature("graceful_shutdown")
     def test_graceful_shutdown_ends_off(self, driver: Driver, instance: InstanceInfo) -> None:
-        # Guests in test endpoints often have no OS and ignore ACPI: the driver must force after the timeout.
         info = driver.power_off(instance.id, timeout=self.graceful_timeout)
         assert info.power_state == PowerState.SHUTDOWN
-        assert driver.get_instance(instance.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, instance.id).power_state == PowerState.SHUTDOWN
+
+    @feature("graceful_shutdown")
+    def test_graceful_shutdown_forces_a_guest_that_ignores_it(
+        self, driver: Driver, endpoint: EndpointUnderTest, instance: InstanceInfo
+    ) -> None:
+        endpoint.ignore_acpi(driver, instance.id)
+        info = driver.power_off(instance.id, timeout=self.forced_shutdown_timeout)
+        assert info.power_state == PowerState.SHUTDOWN, "a guest that ignores ACPI was not forced off"
+        assert agreed(driver, instance.id).power_state == PowerState.SHUTDOWN
 
     @feature("reboot")
     def test_soft_and_hard_reboot(self, driver: Driver, instance: InstanceInfo) -> None:
         assert driver.reboot(instance.id, hard=True).power_state == PowerState.RUNNING
         assert driver.reboot(instance.id).power_state == PowerState.RUNNING
-        assert driver.get_instance(instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
+
+    @feature("reboot")
+    def test_reboot_of_a_stopped_instance_is_invalid_state(
+        self, driver: Driver, stopped_instance: InstanceInfo
+    ) -> None:
+        with pytest.raises(InvalidState):
+            driver.reboot(stopped_instance.id)
+        assert agreed(driver, stopped_instance.id).power_state == PowerState.SHUTDOWN
 
     @feature("pause")
     def test_pause_unpause(self, driver: Driver, instance: InstanceInfo) -> None:
         assert driver.pause(instance.id).power_state == PowerState.PAUSED
-        assert driver.get_instance(instance.id).power_state == PowerState.PAUSED
+        assert agreed(driver, instance.id).power_state == PowerState.PAUSED
         assert driver.unpause(instance.id).power_state == PowerState.RUNNING
-        assert driver.get_instance(instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
+
+    @feature("pause")
+    def test_pause_in_the_wrong_state_is_invalid_state(self, driver: Driver, make_instance: MakeInstance) -> None:
+        running = make_instance(disks=[])
+        stopped = make_instance(start=False, disks=[])
+        with pytest.raises(InvalidState):
+            driver.unpause(running.id)
+        with pytest.raises(InvalidState):
+            driver.pause(stopped.id)
+        assert agreed(driver, running.id).power_state == PowerState.RUNNING
+        assert agreed(driver, stopped.id).power_state == PowerState.SHUTDOWN
 
     @feature("suspend")
     def test_suspend_resume(self, driver: Driver, instance: InstanceInfo) -> None:
         assert driver.suspend(instance.id).power_state == PowerState.SUSPENDED
-        assert driver.get_instance(instance.id).power_state == PowerState.SUSPENDED
+        assert agreed(driver, instance.id).power_state == PowerState.SUSPENDED
         assert driver.resume(instance.id).power_state == PowerState.RUNNING
-        assert driver.get_instance(instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
+
+    @feature("suspend")
+    def test_suspend_in_the_wrong_state_is_invalid_state(self, driver: Driver, make_instance: MakeInstance) -> None:
+        running = make_instance(disks=[])
+        stopped = make_instance(start=False, disks=[])
+        with pytest.raises(InvalidState):
+            driver.resume(running.id)
+        with pytest.raises(InvalidState):
+            driver.suspend(stopped.id)
+        assert agreed(driver, running.id).power_state == PowerState.RUNNING
+        assert agreed(driver, stopped.id).power_state == PowerState.SHUTDOWN
 
 
 class TestResize(DriverFixtures):
     @feature("resize_cpu")
     def test_resize_vcpus(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
-        assert driver.resize(stopped_instance.id, vcpus=2).vcpus == 2
-        assert driver.get_instance(stopped_instance.id).vcpus == 2
+        resized = driver.resize(stopped_instance.id, vcpus=2)
+        assert (resized.vcpus, resized.memory_mb) == (2, stopped_instance.memory_mb)
+        got = agreed(driver, stopped_instance.id)
+        assert (got.vcpus, got.memory_mb) == (2, stopped_instance.memory_mb), "resizing vCPUs changed memory"
 
     @feature("resize_memory")
     def test_resize_memory(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
         target = self.instance_memory_mb * 2
-        assert driver.resize(stopped_instance.id, memory_mb=target).memory_mb == target
-        assert driver.get_instance(stopped_instance.id).memory_mb == target
+        resized = driver.resize(stopped_instance.id, memory_mb=target)
+        assert (resized.vcpus, resized.memory_mb) == (stopped_instance.vcpus, target)
+        got = agreed(driver, stopped_instance.id)
+        assert (got.vcpus, got.memory_mb) == (stopped_instance.vcpus, target), "resizing memory changed vCPUs"
+
+    @feature("resize_cpu")
+    def test_resize_both_then_each_keeps_the_other(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
+        if not driver.supports(Capability.RESIZE_MEMORY):
+            pytest.skip("needs resize_memory as well")
+        m = self.instance_memory_mb
+        both = driver.resize(stopped_instance.id, vcpus=2, memory_mb=m * 2)
+        assert (both.vcpus, both.memory_mb) == (2, m * 2)
+        assert (agreed(driver, stopped_instance.id).vcpus, agreed(driver, stopped_instance.id).memory_mb) == (2, m * 2)
+        driver.resize(stopped_instance.id, vcpus=3)
+        got = agreed(driver, stopped_instance.id)
+        assert (got.vcpus, got.memory_mb) == (3, m * 2)
+        driver.resize(stopped_instance.id, memory_mb=m * 3)
+        got = agreed(driver, stopped_instance.id)
+        assert (got.vcpus, got.memory_mb) == (3, m * 3)
 
     @feature("validation")
     def test_resize_refuses_bad_values(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
@@ -233,22 +562,46 @@ class TestResize(DriverFixtures):
         assert driver.get_instance(stopped_instance.id).vcpus == stopped_instance.vcpus
 
 
+def _expected_shape(driver: Driver, spec: DiskSpec) -> tuple[int, DiskFormat | None, bool | None, str | None]:
+    return spec.size_gib, spec.format or driver.default_disk_format, spec.thin, spec.label
+
+
 class TestStorage(DriverFixtures):
     @feature("attach_disk")
-    def test_attach_disk(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
-        disk = driver.attach_disk(stopped_instance.id, DiskSpec(size_gib=self.disk_gib))
-        disks = driver.get_instance(stopped_instance.id).disks
-        assert len(disks) == len(stopped_instance.disks) + 1
-        assert disk.id in {d.id for d in disks}
+    def test_attach_disk_keeps_size_format_thin_and_label(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
+        formats: list[DiskFormat | None] = [
+            f for f in DiskFormat if driver.supports(Capability.for_disk_format(f))
+        ] or [None]
+        attached = []
+        for n, fmt in enumerate(formats):
+            spec = DiskSpec(size_gib=self.disk_gib + 1 + n, format=fmt, thin=n % 2 == 1, label=f"data{n}")
+            disk = driver.attach_disk(stopped_instance.id, spec)
+            want = _expected_shape(driver, spec)
+            shape = _disk_shape(disk)
+            if want[1] is None:
+                shape = (shape[0], None, shape[2], shape[3])
+            assert shape == want, f"attached {want}, got {shape}"
+            attached.append(disk)
+        got = agreed(driver, stopped_instance.id)
+        assert len(got.disks) == len(stopped_instance.disks) + len(formats)
+        by_id = {d.id: d for d in got.disks}
+        for disk in attached:
+            assert disk.id in by_id
+            assert _disk_shape(by_id[disk.id]) == _disk_shape(disk)
 
     @feature("detach_disk")
     def test_detach_disk(self, driver: Driver, make_instance: MakeInstance) -> None:
-        info = make_instance(start=False, disks=[{"size_gib": self.disk_gib}, {"size_gib": self.disk_gib}])
-        victim = info.disks[-1]
+        size = self.disk_gib
+        info = make_instance(
+            start=False, disks=[{"size_gib": size, "label": "keep"}, {"size_gib": size + 1, "label": "drop"}]
+        )
+        keep, victim = info.disks
         driver.detach_disk(info.id, victim.id)
-        left = driver.get_instance(info.id).disks
-        assert victim.id not in {d.id for d in left}
-        assert len(left) == len(info.disks) - 1
+        left = agreed(driver, info.id).disks
+        assert [d.id for d in left] == [keep.id]
+        assert _disk_shape(left[0]) == _disk_shape(keep)
+        with pytest.raises(NotFound):
+            driver.detach_disk(info.id, victim.id)
 
 
 class TestFormats(DriverFixtures):
@@ -263,7 +616,7 @@ class TestFormats(DriverFixtures):
     )
     def test_create_with_disk_format(self, driver: Driver, make_instance: MakeInstance, fmt: DiskFormat) -> None:
         info = make_instance(start=False, disks=[{"size_gib": self.disk_gib, "format": fmt}])
-        disks = driver.get_instance(info.id).disks
+        disks = agreed(driver, info.id).disks
         assert [d.format for d in disks] == [fmt]
 
     @feature("validation")
@@ -284,17 +637,59 @@ class TestFormats(DriverFixtures):
             driver.capabilities = declared
 
 
+def _config(driver: Driver, instance_id: str) -> tuple[int, int, tuple[int, ...]]:
+    got = agreed(driver, instance_id)
+    return got.vcpus, got.memory_mb, tuple(sorted(d.size_gib for d in got.disks))
+
+
 class TestSnapshots(DriverFixtures):
+    def _change(self, driver: Driver, instance_id: str, step: int) -> None:
+        """Change the configuration with whatever the driver declares, so a revert has something to restore."""
+        vcpus = 1 + step if driver.supports(Capability.RESIZE_CPU) else None
+        memory = self.instance_memory_mb * (1 + step) if driver.supports(Capability.RESIZE_MEMORY) else None
+        if vcpus or memory:
+            driver.resize(instance_id, vcpus=vcpus, memory_mb=memory)
+        if driver.supports(Capability.ATTACH_DISK):
+            driver.attach_disk(instance_id, DiskSpec(size_gib=self.disk_gib + step))
+
     @feature("snapshot")
     def test_snapshot_create_list_revert_delete(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
-        snap = driver.create_snapshot(stopped_instance.id, "before")
-        assert snap.name == "before"
-        assert snap.id in {s.id for s in driver.list_snapshots(stopped_instance.id)}
-        reverted = driver.revert_snapshot(stopped_instance.id, snap.id)
-        assert reverted.id == stopped_instance.id
+        iid = stopped_instance.id
+        first = driver.create_snapshot(iid, "first")
+        assert (first.name, first.instance_id) == ("first", iid)
+        state_first = _config(driver, iid)
+        self._change(driver, iid, 1)
+        second = driver.create_snapshot(iid, "second")
+        state_second = _config(driver, iid)
+        self._change(driver, iid, 2)
+        listed = driver.list_snapshots(iid)
+        assert {s.id for s in listed} == {first.id, second.id}
+        assert {s.name for s in listed} == {"first", "second"}
+        assert all(s.instance_id == iid for s in listed)
+        reverted = driver.revert_snapshot(iid, first.id)
+        assert reverted.id == iid
         assert reverted.power_state == PowerState.SHUTDOWN
-        driver.delete_snapshot(stopped_instance.id, snap.id)
-        assert snap.id not in {s.id for s in driver.list_snapshots(stopped_instance.id)}
+        assert _config(driver, iid) == state_first, "revert to the older snapshot did not restore its configuration"
+        driver.revert_snapshot(iid, second.id)
+        assert _config(driver, iid) == state_second, "revert to the newer snapshot did not restore its configuration"
+        driver.delete_snapshot(iid, first.id)
+        assert {s.id for s in driver.list_snapshots(iid)} == {second.id}
+        with pytest.raises(NotFound):
+            driver.revert_snapshot(iid, first.id)
+
+    @feature("snapshot")
+    def test_snapshots_belong_to_their_instance(self, driver: Driver, make_instance: MakeInstance) -> None:
+        x = make_instance(start=False)
+        y = make_instance(start=False)
+        sx = driver.create_snapshot(x.id, "same")
+        sy = driver.create_snapshot(y.id, "same")
+        assert [(s.id, s.instance_id) for s in driver.list_snapshots(x.id)] == [(sx.id, x.id)]
+        assert [(s.id, s.instance_id) for s in driver.list_snapshots(y.id)] == [(sy.id, y.id)]
+        with pytest.raises(NotFound):
+            driver.revert_snapshot(x.id, sy.id)
+        with pytest.raises(NotFound):
+            driver.delete_snapshot(x.id, sy.id)
+        assert [s.id for s in driver.list_snapshots(y.id)] == [sy.id]
 
     @feature("snapshot_memory")
     def test_memory_snapshot_reverts_running(self, driver: Driver, instance: InstanceInfo) -> None:
@@ -302,31 +697,78 @@ class TestSnapshots(DriverFixtures):
         assert snap.with_memory
         driver.power_off(instance.id, force=True)
         assert driver.revert_snapshot(instance.id, snap.id).power_state == PowerState.RUNNING
-        assert driver.get_instance(instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
 
 
 class TestMigration(DriverFixtures):
     @feature("live_migrate")
-    def test_live_migrate(self, driver: Driver, instance: InstanceInfo) -> None:
-        before = _where(driver.get_instance(instance.id))
+    def test_live_migrate_to_the_named_node(self, driver: Driver, instance: InstanceInfo) -> None:
+        target = _pick_target(driver, agreed(driver, instance.id))
+        moved = driver.live_migrate(instance.id, target)
+        assert (moved.node, moved.power_state) == (target, PowerState.RUNNING), f"asked for {target!r}"
+        got = agreed(driver, instance.id)
+        assert (got.node, got.power_state) == (target, PowerState.RUNNING)
+
+    @feature("live_migrate")
+    def test_live_migrate_anywhere(self, driver: Driver, instance: InstanceInfo) -> None:
+        before = _where(agreed(driver, instance.id))
         moved = driver.live_migrate(instance.id)
         assert moved.power_state == PowerState.RUNNING
         assert _where(moved) != before
-        assert _where(driver.get_instance(instance.id)) == _where(moved)
+        assert _where(agreed(driver, instance.id)) == _where(moved)
+
+    @feature("live_migrate")
+    def test_live_migrate_of_a_stopped_instance_is_invalid_state(
+        self, driver: Driver, stopped_instance: InstanceInfo
+    ) -> None:
+        with pytest.raises(InvalidState):
+            driver.live_migrate(stopped_instance.id)
 
     @feature("cold_migrate")
-    def test_cold_migrate(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
-        before = _where(driver.get_instance(stopped_instance.id))
+    def test_cold_migrate_to_the_named_node(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
+        target = _pick_target(driver, agreed(driver, stopped_instance.id))
+        moved = driver.cold_migrate(stopped_instance.id, target)
+        assert moved.node == target, f"asked for {target!r}"
+        got = agreed(driver, stopped_instance.id)
+        assert (got.node, got.power_state) == (target, PowerState.SHUTDOWN)
+
+    @feature("cold_migrate")
+    def test_cold_migrate_anywhere(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
+        before = _where(agreed(driver, stopped_instance.id))
         moved = driver.cold_migrate(stopped_instance.id)
         assert _where(moved) != before
-        assert driver.get_instance(stopped_instance.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, stopped_instance.id).power_state == PowerState.SHUTDOWN
 
     @feature("evacuate")
-    def test_evacuate_stopped_instance(self, driver: Driver, stopped_instance: InstanceInfo) -> None:
-        target = _other_node(driver, stopped_instance)
-        moved = driver.evacuate(stopped_instance.id, target)
-        assert moved.node == target
-        assert driver.get_instance(stopped_instance.id).node == target
+    def test_evacuate_from_a_failed_node(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
+        nodes = up_nodes(driver)
+        if len(nodes) < 2:
+            pytest.fail("the endpoint needs a second node that is up")
+        source, target = nodes[0], nodes[-1]
+        info = make_instance(node=source, disks=[])
+        failing = endpoint.has_fail_node()
+        if failing:
+            endpoint.fail_node(driver, source, True)
+        else:  # without a way to fail a node, evacuate a stopped instance off an up node
+            driver.power_off(info.id, force=True)
+        try:
+            moved = driver.evacuate(info.id, target)
+            assert moved.node == target, f"asked for {target!r}"
+            assert agreed(driver, info.id).node == target
+        finally:
+            if failing:
+                endpoint.fail_node(driver, source, False)
+
+    @feature("evacuate")
+    def test_evacuate_refuses_a_running_instance_on_an_up_node(self, driver: Driver, instance: InstanceInfo) -> None:
+        before = agreed(driver, instance.id)
+        target = _pick_target(driver, before)
+        with pytest.raises(InvalidState):
+            driver.evacuate(instance.id, target)  # split brain: the instance still runs where it is
+        after = agreed(driver, instance.id)
+        assert (_where(after), after.power_state) == (_where(before), PowerState.RUNNING)
 
 
 class TestCluster(DriverFixtures):
@@ -335,11 +777,12 @@ class TestCluster(DriverFixtures):
         nodes = driver.list_nodes()
         assert nodes
         assert all(n.name and n.hypervisor_type for n in nodes)
+        assert len({n.name for n in nodes}) == len(nodes)
         assert instance.node in {n.name for n in nodes}
 
     @feature("host_resources")
     def test_host_resources(self, driver: Driver) -> None:
-        node = driver.list_nodes()[0].name
+        node = driver.list_nodes()[-1].name
         res = driver.host_resources(node)
         assert res.node == node
         assert res.vcpus_total > 0
@@ -347,6 +790,32 @@ class TestCluster(DriverFixtures):
         assert res.hypervisor_type
         default = driver.host_resources()
         assert default.memory_mb_total > 0
+
+    @feature("host_resources")
+    def test_host_resources_count_running_instances_on_their_node(
+        self, driver: Driver, make_instance: MakeInstance
+    ) -> None:
+        nodes = up_nodes(driver)
+        target, others = nodes[-1], nodes[:-1]
+        before = driver.host_resources(target)
+        assert before.node == target
+        others_before = {n: driver.host_resources(n) for n in others}
+        vcpus, memory = 2, self.instance_memory_mb * 2
+        info = make_instance(node=target, vcpus=vcpus, memory_mb=memory, disks=[])
+        assert agreed(driver, info.id).node == target
+        after = driver.host_resources(target)
+        assert (after.vcpus_used - before.vcpus_used, after.memory_mb_used - before.memory_mb_used) == (
+            vcpus,
+            memory,
+        ), f"a running {vcpus} vCPU / {memory} MiB instance on {target!r} is not counted there"
+        for node, was in others_before.items():
+            now = driver.host_resources(node)
+            assert (now.node, now.vcpus_used, now.memory_mb_used) == (node, was.vcpus_used, was.memory_mb_used), (
+                f"node {node!r} changed although the instance runs on {target!r}"
+            )
+        driver.power_off(info.id, force=True)
+        off = driver.host_resources(target)
+        assert (off.vcpus_used, off.memory_mb_used) == (before.vcpus_used, before.memory_mb_used)
 
     @feature("aggregates")
     def test_aggregates(self, driver: Driver) -> None:
@@ -361,48 +830,195 @@ class TestCluster(DriverFixtures):
         assert state.priority == HAPriority.HIGH
         got = driver.get_high_availability(instance.id)
         assert (got.enabled, got.priority) == (True, HAPriority.HIGH)
+        low = driver.set_high_availability(instance.id, True, priority=HAPriority.LOW)
+        assert (low.priority, driver.get_high_availability(instance.id).priority) == (HAPriority.LOW, HAPriority.LOW)
         assert not driver.set_high_availability(instance.id, False).enabled
         assert not driver.get_high_availability(instance.id).enabled
+        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
 
     @feature("ha_failover")
-    def test_failover_moves_owner(self, driver: Driver, instance: InstanceInfo) -> None:
+    def test_failover_moves_the_instance(self, driver: Driver, instance: InstanceInfo) -> None:
         before = driver.set_high_availability(instance.id, True).owner_node
         after = driver.failover(instance.id)
         assert after.enabled
         assert after.owner_node
         assert after.owner_node != before
+        got = agreed(driver, instance.id)
+        assert after.owner_node in (got.node, got.host), f"owner {after.owner_node!r} but instance on {_where(got)}"
+        assert driver.get_high_availability(instance.id).owner_node == after.owner_node
+
+    @feature("ha_failover")
+    def test_failover_to_the_named_node(self, driver: Driver, instance: InstanceInfo) -> None:
+        driver.set_high_availability(instance.id, True)
+        target = _pick_target(driver, agreed(driver, instance.id))
+        after = driver.failover(instance.id, target)
+        assert after.owner_node == target, f"asked for {target!r}"
+        got = agreed(driver, instance.id)
+        assert target in (got.node, got.host)
+        assert got.power_state == PowerState.RUNNING
 
 
 class TestPets(DriverFixtures):
     @feature("adopt")
-    def test_adopt_existing_instance_intact(self, driver: Driver) -> None:
+    def test_adopt_existing_instance_intact(self, driver: Driver, make_instance: MakeInstance) -> None:
         pets = driver.list_unmanaged()
         assert pets, "the endpoint must offer at least one unmanaged instance to adopt"
         pet = pets[0]
         assert not pet.managed
-        adopted = driver.adopt(pet.id)
+        events: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        watching = driver.supports(Capability.EVENTS)
+        sub = driver.subscribe(events.put) if watching else None
+        try:
+            adopted = driver.adopt(pet.id)
+            if watching:
+                # A new instance's event proves the events of the adoption have been delivered by now.
+                marker = make_instance(disks=[])
+                seen: list[LifecycleEvent] = []
+                deadline = time.monotonic() + self.event_timeout
+                while time.monotonic() < deadline:
+                    try:
+                        event = events.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    seen.append(event)
+                    if event.instance_id == marker.id:
+                        break
+                restarts = [e.type.value for e in seen if e.instance_id == pet.id]
+                assert not restarts, f"adopting {pet.name!r} caused events {restarts}: it was restarted"
+        finally:
+            if sub is not None:
+                sub.close()
         assert adopted.managed
         assert (adopted.id, adopted.name, adopted.power_state) == (pet.id, pet.name, pet.power_state)
-        assert (adopted.vcpus, adopted.memory_mb, len(adopted.disks)) == (pet.vcpus, pet.memory_mb, len(pet.disks))
-        assert pet.id in {i.id for i in driver.list_instances()}
+        assert (adopted.vcpus, adopted.memory_mb, adopted.node) == (pet.vcpus, pet.memory_mb, pet.node)
+        assert [(d.id, _disk_shape(d)) for d in adopted.disks] == [(d.id, _disk_shape(d)) for d in pet.disks]
+        assert {k: adopted.metadata.get(k) for k in pet.metadata} == pet.metadata
+        assert agreed(driver, pet.id).model_dump() == adopted.model_dump()
         assert pet.id not in {i.id for i in driver.list_unmanaged()}
 
 
 class TestEvents(DriverFixtures):
     @feature("events")
-    def test_lifecycle_events_arrive(self, driver: Driver, make_instance: MakeInstance) -> None:
-        got: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
-        with driver.subscribe(got.put):
+    def test_every_transition_is_an_event(self, driver: Driver, make_instance: MakeInstance) -> None:
+        events: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        with driver.subscribe(events.put):
+            info = make_instance(disks=[])
+
+            def expect(after: str, *wanted: EventType) -> None:
+                event = _next_event(events, info.id, set(wanted), self.event_timeout)
+                names = "/".join(sorted(w.value for w in wanted))
+                assert event is not None, f"no {names} event for {info.id} within {self.event_timeout}s of {after}"
+
+            expect("create", EventType.CREATED, EventType.STARTED)
+            driver.power_off(info.id, force=True)
+            expect("power_off", EventType.STOPPED)
+            driver.power_on(info.id)
+            expect("power_on", EventType.STARTED)
+            if driver.supports(Capability.PAUSE):
+                driver.pause(info.id)
+                expect("pause", EventType.PAUSED)
+                driver.unpause(info.id)
+                expect("unpause", EventType.RESUMED)
+            if driver.supports(Capability.SUSPEND):
+                driver.suspend(info.id)
+                expect("suspend", EventType.SUSPENDED)
+                driver.resume(info.id)
+                expect("resume", EventType.RESUMED, EventType.STARTED)
+            if driver.supports(Capability.LIVE_MIGRATE) and _other_nodes(driver, agreed(driver, info.id)):
+                driver.live_migrate(info.id)
+                expect("live_migrate", EventType.MIGRATED)
+            driver.destroy(info.id)
+            expect("destroy", EventType.DESTROYED)
+
+    @feature("events")
+    def test_no_callback_after_close(self, driver: Driver, make_instance: MakeInstance) -> None:
+        closed: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        still_open: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        first = driver.subscribe(closed.put)
+        with driver.subscribe(still_open.put):
+            first.close()
+            first.close()  # closing twice is harmless
+            assert first.closed
             info = make_instance(disks=[])
             driver.power_off(info.id, force=True)
-            seen: set[EventType] = set()
-            deadline = time.monotonic() + self.event_timeout
-            while EventType.STOPPED not in seen and time.monotonic() < deadline:
-                try:
-                    event = got.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if event.instance_id == info.id:
-                    seen.add(event.type)
-        assert EventType.STOPPED in seen, f"no STOPPED event for {info.id} (saw {sorted(seen)})"
-        assert EventType.STARTED in seen or EventType.CREATED in seen
+            assert _next_event(still_open, info.id, {EventType.STOPPED}, self.event_timeout) is not None, (
+                "the subscription left open stopped receiving events when another was closed"
+            )
+        late = []
+        while not closed.empty():
+            event = closed.get()
+            if event.instance_id == info.id:
+                late.append(event.type.value)
+        assert not late, f"a closed subscription still received {late}"
+
+
+class TestSecrets(DriverFixtures):
+    @staticmethod
+    def _secrets(driver: Driver) -> dict[str, str]:
+        return {
+            k: v.get_secret_value() for k, v in driver.settings if isinstance(v, SecretStr) and v.get_secret_value()
+        }
+
+    @staticmethod
+    def _leaks(texts: Iterable[str], secrets: Iterable[str]) -> list[int]:
+        """Indexes of the texts that show a secret (never the texts: the report must not show it either)."""
+        secrets = [s for s in secrets if s]
+        return [n for n, text in enumerate(texts) if any(s in text for s in secrets)]
+
+    @feature("secrets")
+    def test_wrong_password_is_authentication_failed_without_secrets(
+        self, driver: Driver, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        right = self._secrets(driver)
+        if not right:
+            pytest.skip("the endpoint's settings hold no secret (SecretStr) to check")
+        wrong = {k: f"wrong-{uuid.uuid4().hex}" for k in right}
+        other = type(driver)(driver.settings.model_copy(update={k: SecretStr(v) for k, v in wrong.items()}))
+        caplog.set_level("DEBUG")
+        error: BaseException | None = None
+        try:
+            other.connect()
+            other.list_instances()
+        except BaseException as exc:
+            error = exc
+        finally:
+            other.close()
+        if error is None:
+            pytest.skip("the endpoint accepted a wrong password: it does not authenticate")
+        assert isinstance(error, AuthenticationFailed), f"a wrong password gave {type(error).__name__}"
+        texts = [*_error_texts(error), caplog.text, repr(other)]
+        assert not self._leaks(texts, [*right.values(), *wrong.values()]), "a password appears in the error or logs"
+
+    @feature("secrets")
+    def test_no_secret_in_errors_reprs_logs_or_backend_info(
+        self, driver: Driver, make_instance: MakeInstance, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        secrets = [*self._secrets(driver).values(), *driver.settings.secrets()]
+        if not secrets:
+            pytest.skip("the endpoint's settings hold no secret (SecretStr) to check")
+        caplog.set_level("DEBUG")
+        texts = [repr(driver), str(driver), repr(driver.settings), str(driver.settings)]
+        texts.append(driver.backend_info().model_dump_json())
+        taken = make_instance(start=False, disks=[])
+        gone = make_instance(start=False, disks=[])
+        driver.destroy(gone.id)
+        attempts: list[Callable[[], object]] = [
+            lambda: driver.get_instance(gone.id),
+            lambda: driver.destroy(gone.id),
+            lambda: driver.power_on(gone.id),
+            lambda: driver.power_off(gone.id, force=True),
+            lambda: driver.host_resources(unique_name("no-such-node")),
+            lambda: driver.create(InstanceSpec(name=taken.name, vcpus=1, memory_mb=128, start=False)),
+            lambda: driver.create({"name": unique_name(), "vcpus": 0, "memory_mb": 128}),  # type: ignore[arg-type]
+        ]
+        raised = 0
+        for attempt in attempts:
+            try:
+                attempt()
+            except BaseException as exc:
+                raised += 1
+                texts.extend(_error_texts(exc))
+        assert raised >= 4, "the failing calls did not fail"
+        texts.append(caplog.text)
+        leaks = self._leaks(texts, secrets)
+        assert not leaks, f"a secret appears in {len(leaks)} error text(s), repr(s) or log lines"
