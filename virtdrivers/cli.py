@@ -25,14 +25,17 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from virtdrivers.driver import Driver
+    from virtdrivers.loader import DriverEntry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,50 +72,137 @@ def main(debug: bool) -> None:
 # -- drivers ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def _own_stdout() -> Iterator[TextIO]:
+    """Yield the stream for this command's own output; every other write to stdout goes to stderr.
+
+    Plugins run code at import (and may leave threads running that print later), so
+    while ``drivers`` runs, file descriptor 1 is pointed at stderr and the command
+    writes to a private duplicate of the real stdout. It stays so until the process
+    exits: a plugin thread printing after the listing lands on stderr, not after or
+    inside the JSON. Without a real descriptor 1 (click's CliRunner, a StringIO),
+    ``sys.stdout`` itself is swapped for stderr for the command's duration.
+    """
+    original = sys.stdout
+    original.flush()
+    try:
+        fd = original.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd != 1:
+        with redirect_stdout(sys.stderr):
+            yield original
+        return
+    own = os.fdopen(os.dup(1), "w", encoding=original.encoding, errors=original.errors)
+    os.dup2(2, 1)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def drivers(as_json: bool) -> None:
-    """List installed drivers, their versions and declared capabilities."""
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds a plugin may take to load before it is reported as hanging.",
+)
+def drivers(as_json: bool, time_limit: float) -> None:
+    """List installed drivers, their versions and declared capabilities.
+
+    A plugin that fails to import, raises, hangs (``--time-limit``) or is
+    refused is listed with the reason, and the exit status is 1.
+    """
     from virtdrivers.loader import list_drivers
 
-    entries = list_drivers()
-    if as_json:
-        data = [
-            {
-                "name": e.name,
-                "distribution": e.distribution,
-                "version": e.version,
-                "contract_version": e.contract_version,
-                "capabilities": sorted(c.value for c in e.capabilities),
-                "endpoints": [ep.name for ep in e.driver_class.embedded_endpoints()] if e.driver_class else [],
-                "error": e.error,
-            }
-            for e in entries
-        ]
-        click.echo(json.dumps(data, indent=2))
-        sys.exit(1 if any(not e.ok for e in entries) else 0)
-    from rich.console import Console
-    from rich.table import Table
+    with _own_stdout() as out:
+        entries = list_drivers(time_limit)
+        if as_json:
+            data = [
+                {
+                    "name": e.name,
+                    "distribution": e.distribution,
+                    "version": e.version,
+                    "contract_version": e.contract_version,
+                    "capabilities": sorted(c.value for c in e.capabilities),
+                    "endpoints": [ep.name for ep in e.endpoints],
+                    "settings": list(e.settings),
+                    "error": e.error,
+                }
+                for e in entries
+            ]
+            click.echo(json.dumps(data, indent=2), file=out)
+        else:
+            from rich.console import Console
 
-    table = Table(title="virtdrivers plugins", title_justify="left")
-    for col in ("driver", "distribution", "contract", "embedded endpoints", "capabilities"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        if e.driver_class is None:
-            table.add_row(e.name, f"{e.distribution or '?'} {e.version or ''}", "-", "-", f"[red]{e.error}[/]")
-            continue
-        endpoints = ", ".join(ep.name for ep in e.driver_class.embedded_endpoints()) or "-"
-        caps = ", ".join(sorted(c.value for c in e.capabilities)) or "-"
-        table.add_row(e.name, f"{e.distribution} {e.version}", e.contract_version, endpoints, caps)
-    Console().print(table)
+            render_drivers(entries, Console(file=out))
     if any(not e.ok for e in entries):
         sys.exit(1)
+
+
+#: Narrowest capabilities column the full ``drivers`` table is drawn with; narrower, and the compact form is used.
+CAPS_MIN_WIDTH = 50
+
+
+def render_drivers(entries: list[DriverEntry], console: Console) -> None:
+    """Print the listing: one row per driver where it fits, a compact form where it does not.
+
+    The full table names every capability in its row; on a narrow console that
+    column would be a few characters wide and each row many lines tall. There the
+    table shows a capability count, and the names follow as one wrapped
+    paragraph per driver (errors likewise), so no line is wider than the console.
+    """
+    from rich.markup import escape
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    def table(compact: bool, rows: list[DriverEntry]) -> Table:
+        grid = Table(title="virtdrivers plugins", title_justify="left")
+        for col in ("driver", "distribution", "contract", "embedded endpoints", "capabilities"):
+            grid.add_column(col, overflow="fold", no_wrap=not compact and col != "capabilities")
+        for e in rows:
+            dist = f"{e.distribution or '?'} {e.version or ''}".rstrip()
+            if not e.ok:
+                problem = "[red]error (below)[/]" if compact else f"[red]{escape(e.error or '')}[/]"
+                grid.add_row(e.name, dist, "-", "-", problem)
+                continue
+            endpoints = ", ".join(ep.name for ep in e.endpoints) or "-"
+            caps = sorted(c.value for c in e.capabilities)
+            shown = str(len(caps)) if compact else ", ".join(caps) or "-"
+            grid.add_row(e.name, dist, e.contract_version or "-", endpoints, shown)
+        return grid
+
+    # The full table is kept when, after every other column has its natural width, the
+    # capabilities column still gets CAPS_MIN_WIDTH: then a row takes two or three lines.
+    unbounded = console.options.update_width(1_000_000)  # the width the table wants, not the one it gets
+    others = Measurement.get(console, unbounded, table(True, [e for e in entries if e.ok])).maximum
+    if others + CAPS_MIN_WIDTH <= console.width:
+        console.print(table(False, entries))
+        return
+    console.print(table(True, entries))
+    for e in entries:
+        line = Text(f"{e.name}: ", style="bold")
+        if e.ok:
+            line.append(" ".join(sorted(c.value for c in e.capabilities)) or "-")
+        else:
+            line.append(e.error or "", style="red")
+        console.print(line, overflow="fold")
 
 
 # -- parity ----------------------------------------------------------------------------------
 
 
-def _parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
+def _parse_settings(pairs: tuple[str, ...], *, resolve: bool = True) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (VALUE parsed as JSON when it can be) as settings.
+
+    ``KEY_env=VAR`` reads KEY from environment variable VAR. With ``resolve=False``
+    the reference is kept (after checking VAR is set), so a caller that hands the
+    settings to another process never holds the secret in what it writes.
+    """
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -122,7 +212,8 @@ def _parse_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
-    return _resolve_env(settings)
+    resolved = _resolve_env(settings)
+    return resolved if resolve else settings
 
 
 def _resolve_env(settings: dict[str, Any]) -> dict[str, Any]:
@@ -137,19 +228,66 @@ def _resolve_env(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LYING_OUTCOMES = ("fails", "declared_but_fails", "not_declared_but_works")
+
+
+def _strict_violations(matrix: dict[str, Any]) -> list[str]:
+    """Why ``--strict`` fails this matrix: every cell that fails or lies, every column that did not run."""
+    problems = [f"{c['id']}: column error" for c in matrix["columns"] if c["error"]]
+    problems += [
+        f"{c['column']}: {c['feature']} {c['outcome']}" for c in matrix["cells"] if c["outcome"] in _LYING_OUTCOMES
+    ]
+    return problems
+
+
 @main.command()
 @click.option("--driver", "driver_names", multiple=True, help="Only this driver (repeatable). Default: all.")
 @click.option("--endpoint", help="Only this embedded endpoint of the driver(s).")
-@click.option("--setting", "settings", multiple=True, help="KEY=VALUE: run on a real endpoint instead.")
+@click.option(
+    "--setting",
+    "settings",
+    multiple=True,
+    help="KEY=VALUE: run on a real endpoint instead (KEY_env=VAR reads it from the environment). "
+    "Secret values are handed to the suite through its environment and scrubbed from every file written.",
+)
+@click.option(
+    "--evidence",
+    type=click.Choice(["real", "vendor-simulator", "project-simulator", "in-memory"]),
+    default="real",
+    show_default=True,
+    help="How real the endpoint given with --setting is (embedded endpoints state their own).",
+)
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("build/parity"), show_default=True)
 @click.option("--jobs", type=click.IntRange(1, 16), default=2, show_default=True, help="Columns run at once.")
-@click.option("--strict", is_flag=True, help="Exit 1 if any cell fails or lies.")
+@click.option(
+    "--test-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds one test may take; it then fails (counts against its feature).",
+)
+@click.option(
+    "--column-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1800.0,
+    show_default=True,
+    help="Seconds one driver@endpoint column may take; it is then stopped and becomes a column error.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on any cell that lies: exit 1 on any fails, declared_but_fails or not_declared_but_works "
+    "cell and on any column that could not run.",
+)
 def parity(
     driver_names: tuple[str, ...],
     endpoint: str | None,
     settings: tuple[str, ...],
+    evidence: str,
     output_dir: Path,
     jobs: int,
+    test_timeout: float,
+    column_timeout: float,
     strict: bool,
 ) -> None:
     """Run the conformance suite and write the feature-parity matrix (JSON, Markdown, HTML, text)."""
@@ -166,7 +304,9 @@ def parity(
     if settings:
         if len(driver_names) != 1:
             raise click.UsageError("--setting needs exactly one --driver")
-        targets = [Target(driver_names[0], endpoint or "configured", settings=_parse_settings(settings))]
+        # References stay references: the runner must never hold a secret in the files it writes.
+        given = _parse_settings(settings, resolve=False)
+        targets = [Target(driver_names[0], endpoint or "configured", settings=given, evidence=evidence)]
     else:
         targets = default_targets(driver_names or None)
         if endpoint:
@@ -196,15 +336,21 @@ def parity(
             bar.update(task, advance=1, status=status)
 
         started = time.monotonic()
-        matrix = run_parity(targets, jobs=jobs, progress=on_event, workdir=output_dir / "logs")
+        matrix = run_parity(
+            targets,
+            jobs=jobs,
+            progress=on_event,
+            workdir=output_dir / "logs",
+            test_timeout=test_timeout,
+            column_timeout=column_timeout,
+        )
     paths = write_all(matrix, output_dir)
     render_terminal(matrix, Console())
     click.echo(f"parity matrix written in {time.monotonic() - started:.1f}s:", err=True)
     for fmt, path in paths.items():
         click.echo(f"  {fmt:<9} {path}", err=True)
-    bad = [c for c in matrix["cells"] if c["outcome"] in ("fails", "declared_but_fails")]
-    broken = [c for c in matrix["columns"] if c["error"]]
-    if strict and (bad or broken):
+    if strict and (problems := _strict_violations(matrix)):
+        click.echo(f"--strict: {len(problems)} problem(s):\n  " + "\n  ".join(problems), err=True)
         sys.exit(1)
 
 
@@ -219,6 +365,12 @@ def _endpoint_options(func: F) -> F:
             click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="Endpoints TOML file."),
             click.option("--endpoint", "endpoint_name", help="Endpoint name in the config file."),
             click.option("--embedded", is_flag=True, help="Start the driver's embedded endpoint for this command."),
+            click.option(
+                "--embedded-endpoint",
+                "embedded_name",
+                metavar="NAME",
+                help="Start this embedded endpoint of the driver (implies --embedded; default: its first).",
+            ),
         ]
     ):
         func = option(func)
@@ -249,6 +401,7 @@ def _open_driver(
     config: Path | None,
     endpoint_name: str | None,
     embedded: bool,
+    embedded_name: str | None = None,
 ) -> Iterator[Driver]:
     from virtdrivers.loader import driver_class
 
@@ -259,12 +412,15 @@ def _open_driver(
     else:
         raise click.UsageError("give --driver (with --setting) or --endpoint")
     cls = driver_class(name)
-    if embedded:
-        endpoints = cls.embedded_endpoints()
+    if embedded or embedded_name:
+        endpoints = {e.name: e for e in cls.embedded_endpoints()}
         if not endpoints:
             raise click.UsageError(f"{name} has no embedded endpoint")
-        with endpoints[0].start() as started, cls(**{**started, **values}) as driver:
-            driver.narrow_capabilities(endpoints[0].unavailable)
+        chosen = endpoints.get(embedded_name or next(iter(endpoints)))
+        if chosen is None:
+            raise click.UsageError(f"{name} has no embedded endpoint {embedded_name!r} (has: {', '.join(endpoints)})")
+        with chosen.start() as started, cls(**{**started, **values}) as driver:
+            driver.narrow_capabilities(chosen.unavailable)
             yield driver
         return
     with cls(**values) as driver:
@@ -360,6 +516,32 @@ def _power_command(name: str, help_text: str, action: Callable[[Driver, str], An
 _power_command("start", "Power an instance on.", lambda d, i: d.power_on(i))
 _power_command("stop", "Shut an instance down gracefully (forced after 60 s).", lambda d, i: d.power_off(i))
 _power_command("delete", "Destroy an instance and its disks.", lambda d, i: d.destroy(i))
+
+
+@vm.command("reap")
+@_endpoint_options
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option(
+    "--grace",
+    "grace_s",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds after which a create whose owner cannot be checked (another host) counts as abandoned.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def vm_reap(dry_run: bool, grace_s: float, as_json: bool, **endpoint: Any) -> None:
+    """Find and remove what creates killed midway left behind: instances, and disks no instance uses."""
+    with _open_driver(**endpoint) as driver:
+        found = driver.reap(dry_run=dry_run, grace_s=grace_s)
+    if as_json:
+        click.echo(json.dumps([f.model_dump(mode="json") for f in found], indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in found:
+        where = f" on {item.node}" if item.node else ""
+        click.echo(f"{verb} {item.kind} {item.name or item.ref} ({item.ref}){where}: {item.reason}")
+    click.echo(f"{len(found)} leftover(s) {'found' if dry_run else 'removed'}", err=True)
 
 
 # -- migrate ---------------------------------------------------------------------------------

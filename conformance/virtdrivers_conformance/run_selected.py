@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from virtdrivers import Driver
@@ -14,7 +12,10 @@ from virtdrivers_conformance.suite import ConformanceSuite
 class TestSelectedDriver(ConformanceSuite):
     @pytest.fixture(scope="class")
     @classmethod
-    def driver(cls, request: pytest.FixtureRequest) -> Iterator[Driver]:
+    def driver(cls, request: pytest.FixtureRequest) -> Driver:
+        # The session built and connected it before collection, so a driver that cannot be
+        # built or cannot connect is one column error rather than a failure in every test;
+        # the session also closes it.
         session = request.config.stash[SESSION_KEY]
-        with session.connected_driver() as driver:
-            yield driver
+        assert session.driver is not None, "the conformance session has no driver (--vd-driver missing?)"
+        return session.driver
