@@ -2,7 +2,8 @@
 
 It uses the suite's real features and areas, so the views under test look
 like a real run, and adds everything a renderer can get wrong: all five
-outcomes, a missing cell, a column whose endpoint never started, a long
+outcomes, one column at each evidence level (with what each simulator
+imitates), a missing cell, a column whose endpoint never started, a long
 multi-line message, and strings that try to become markup in each output
 format (HTML, Markdown tables, rich console markup).
 """
@@ -29,6 +30,11 @@ ERROR_MESSAGE = (
     'BackendUnavailable: endpoint "hyperv@winrm" did not start: connection refused to 127.0.0.1:5986\n'
     "<img src=x onerror=alert(2)> | see the column log"
 )
+#: What the vendor simulator column imitates: hostile too, since it is shown in every view's header.
+VCSIM_IMITATES = f"VMware vCenter Server 8.0.2 {SCRIPT} [bold red]not markup[/]"
+#: The project simulator column's backend line: the simulator's own name and version.
+OVIRT_SIMULATOR = "oVirt REST simulator 0.1"
+OVIRT_IMITATES = "oVirt Engine 4.5.6-1.el8"
 SKIP_REASON = "not declared: probe raised NotSupported('live_migrate needs shared storage')"
 
 
@@ -48,6 +54,8 @@ def _column(cid: str, backend: str | None, version: str | None, declared: list[s
         "declared": declared,
         "duration_s": 12.5,
         "error": None,
+        "evidence": "real",
+        "imitates": None,
     }
     column.update(extra)
     return column
@@ -73,9 +81,17 @@ def sample_matrix() -> dict[str, Any]:
     optional = [f.id for f in FEATURES.values() if not f.mandatory]
     fake_declared = [c for c in optional if c not in ("suspend", "disk_vhdx")]
     libvirt_declared = [c for c in optional if c not in ("disk_vmdk", "disk_vhdx", "high_availability", "ha_failover")]
+    ovirt_declared = ["snapshot", "disk_raw", "disk_qcow2", "live_migrate", "high_availability", "ha_failover"]
     vmware_declared = ["pause", "suspend", "snapshot", "snapshot_memory", "disk_vmdk", "aggregates"]
     columns = [
-        _column("fake@memory", "fake", "0.1.0", fake_declared, endpoint_description="in-process memory backend"),
+        _column(
+            "fake@memory",
+            "fake",
+            "0.1.0",
+            fake_declared,
+            endpoint_description="in-process memory backend",
+            evidence="in-memory",
+        ),
         _column(
             "libvirt@qemu",
             "QEMU",
@@ -86,12 +102,24 @@ def sample_matrix() -> dict[str, Any]:
         ),
         _column(
             "vmware@vcsim",
-            "VMware vCenter Server (vcsim)",
-            f"8.0.2 {SCRIPT}",
+            "vcsim",
+            f"0.37.3 {SCRIPT}",
             vmware_declared,
             endpoint_description=HOSTILE,
             libraries={"pyvmomi": "8.0.3.0.1"},
             contract_version="1.0",
+            evidence="vendor-simulator",
+            imitates=VCSIM_IMITATES,
+        ),
+        _column(
+            "ovirt@simulator",
+            "oVirt REST simulator",
+            "0.1",
+            ovirt_declared,
+            endpoint_description="the oVirt REST simulator on 127.0.0.1",
+            libraries={"ovirt-engine-sdk-python": "4.6.2"},
+            evidence="project-simulator",
+            imitates=OVIRT_IMITATES,
         ),
         _column(
             "hyperv@winrm",
@@ -102,10 +130,11 @@ def sample_matrix() -> dict[str, Any]:
             duration_s=3.0,
             driver_version=None,
             contract_version=None,
+            evidence=None,
         ),
     ]
     cells: list[dict[str, Any]] = []
-    for column in columns[:3]:
+    for column in columns[:4]:
         declared = set(column["declared"])
         for feat in FEATURES.values():
             cid = column["id"]
@@ -127,7 +156,7 @@ def sample_matrix() -> dict[str, Any]:
                 cells.append(_cell(cid, feat.id, "not_declared", SKIP_REASON))
     matrix = {
         "format": "virtdrivers-parity-matrix",
-        "format_version": "1.0",
+        "format_version": "1.1",
         "generated_at": "2026-11-24T12:00:00+00:00",
         "virtdrivers_version": "0.1.0",
         "contract_version": "1.1",

@@ -24,6 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from virtdrivers.endpoint import Evidence
 from virtdrivers_conformance.matrix import OUTCOMES, write_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +126,33 @@ def test_operator_sees_the_matrix(browser: webdriver.Chrome, tmp_path: Path) -> 
         outcome = OUTCOMES[item.get_attribute("data-outcome")]
         assert outcome.label in item.text
         assert str(counts[outcome.id]) in item.text
+
+    # The legend explains the four evidence levels in the contract's words, and each column header shows its own.
+    levels = legend.find_elements(By.CSS_SELECTOR, "li[data-evidence]")
+    assert [i.get_attribute("data-evidence") for i in levels] == [e.value for e in Evidence]
+    for item in levels:
+        level = Evidence(item.get_attribute("data-evidence") or "")
+        assert item.is_displayed()
+        assert level.value in item.text
+        assert level.doc in item.text
+    headers = {h.get_attribute("data-column"): h for h in browser.find_elements(By.CSS_SELECTOR, "#matrix thead th")}
+    for column in matrix["columns"]:
+        header = headers[column["id"]]
+        assert header.is_displayed()
+        if column["evidence"]:
+            badge = header.find_element(By.CSS_SELECTOR, ".evb")
+            assert badge.is_displayed()
+            assert badge.text == column["evidence"]
+            assert badge.get_attribute("title") == Evidence(column["evidence"]).doc
+    ovirt = headers["ovirt@simulator"]
+    assert ovirt.find_element(By.CSS_SELECTOR, ".col-backend").text == sample.OVIRT_SIMULATOR
+    assert ovirt.find_element(By.CSS_SELECTOR, ".col-imitates").text == f"imitating {sample.OVIRT_IMITATES}"
+    lines = ovirt.text.splitlines()
+    assert lines.index(sample.OVIRT_SIMULATOR) < lines.index(f"imitating {sample.OVIRT_IMITATES}")
+    assert not any(line.startswith("oVirt Engine") for line in lines), "the simulator never reads as the product"
+    vcsim = headers["vmware@vcsim"].find_element(By.CSS_SELECTOR, ".col-imitates")
+    assert vcsim.text == f"imitating {sample.VCSIM_IMITATES}", "a hostile imitates string is shown literally"
+    assert headers["libvirt@qemu"].find_elements(By.CSS_SELECTOR, ".col-imitates") == []
 
     # Hostile strings are shown literally, in the header and the errored column's report.
     body = browser.find_element(By.TAG_NAME, "body").text

@@ -14,10 +14,11 @@ import matrix_sample as sample  # registered by conftest.py
 import pytest
 from rich.console import Console
 
+from virtdrivers.endpoint import Evidence
 from virtdrivers_conformance.matrix import OUTCOMES, SCHEMA_PATH, render_text, validate, write_all
 from virtdrivers_conformance.matrix.html import render_html
 from virtdrivers_conformance.matrix.markdown import escape, fenced, render_markdown
-from virtdrivers_conformance.matrix.terminal import render_terminal
+from virtdrivers_conformance.matrix.terminal import column_key, render_terminal
 
 
 @pytest.fixture
@@ -35,6 +36,13 @@ def test_sample_covers_every_rendering_path(matrix: dict[str, Any]) -> None:
     ran = [c["id"] for c in matrix["columns"] if not c["error"]]
     present = {(c["column"], c["feature"]) for c in matrix["cells"]}
     assert any((col, f["id"]) not in present for col in ran for f in matrix["features"]), "no missing cell"
+    levels = [c["evidence"] for c in matrix["columns"]]
+    assert sorted(v for v in levels if v) == sorted(e.value for e in Evidence), "one column of each evidence level"
+    assert None in levels, "an errored column whose evidence is unknown"
+
+
+def _column(matrix: dict[str, Any], column_id: str) -> dict[str, Any]:
+    return next(c for c in matrix["columns"] if c["id"] == column_id)
 
 
 # --- schema and validate() ----------------------------------------------------------------------------------------
@@ -50,6 +58,13 @@ def test_schema_is_a_valid_draft_2020_12_schema() -> None:
 def test_sample_is_valid(matrix: dict[str, Any]) -> None:
     validate(matrix)
     jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(matrix)
+
+
+def test_schema_evidence_levels_are_the_contracts() -> None:
+    """The schema's enum is a copy the contract's ``Evidence`` could drift from: a new level must reach both."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["$defs"]["evidence"]["enum"] == [e.value for e in Evidence]
+    assert schema["properties"]["format_version"]["const"] == "1.1", "evidence and imitates arrived in 1.1"
 
 
 def _bad_outcome(m: dict[str, Any]) -> None:
@@ -92,6 +107,30 @@ def _lie_about_declared(m: dict[str, Any]) -> None:
     m["columns"][1]["declared"].remove("snapshot_memory")  # its cell still says declared_but_fails
 
 
+def _unknown_evidence(m: dict[str, Any]) -> None:
+    m["columns"][2]["evidence"] = "simulated"
+
+
+def _ran_without_evidence(m: dict[str, Any]) -> None:
+    m["columns"][0]["evidence"] = None
+
+
+def _missing_evidence(m: dict[str, Any]) -> None:
+    del m["columns"][3]["evidence"]
+
+
+def _missing_imitates(m: dict[str, Any]) -> None:
+    del m["columns"][1]["imitates"]
+
+
+def _empty_imitates(m: dict[str, Any]) -> None:
+    m["columns"][3]["imitates"] = ""
+
+
+def _old_format(m: dict[str, Any]) -> None:
+    m["format_version"] = "1.0"
+
+
 @pytest.mark.parametrize(
     ("mutate", "path", "words"),
     [
@@ -105,6 +144,12 @@ def _lie_about_declared(m: dict[str, Any]) -> None:
         (_cell_on_errored_column, "$.cells[0].column", "has an error"),
         (_duplicate_cell, "$.cells[", "second cell"),
         (_lie_about_declared, ".outcome", "'snapshot_memory' is not declared by 'libvirt@qemu'"),
+        (_unknown_evidence, "$.columns[2].evidence", "simulated"),
+        (_ran_without_evidence, "$.columns[0].evidence", "None"),
+        (_missing_evidence, "$.columns[3]", "'evidence' is a required property"),
+        (_missing_imitates, "$.columns[1]", "'imitates' is a required property"),
+        (_empty_imitates, "$.columns[3].imitates", "''"),
+        (_old_format, "$.format_version", "1.1"),
     ],
 )
 def test_invalid_matrix_is_refused_naming_the_path(
@@ -121,9 +166,22 @@ def test_invalid_matrix_is_refused_naming_the_path(
 
 
 def test_runner_nulls_for_a_column_that_never_loaded_are_valid(matrix: dict[str, Any]) -> None:
-    broken = matrix["columns"][3]
+    broken = _column(matrix, "hyperv@winrm")
     broken.update(driver=None, distribution=None, backend=None, duration_s=None, libraries={}, declared=[])
+    assert broken["evidence"] is None, "an errored column may not know how real its peer was"
     validate(matrix)
+    broken["evidence"] = "project-simulator"  # or it may: the endpoint was known, it just did not start
+    validate(matrix)
+
+
+def test_renderers_read_a_matrix_without_evidence_keys_as_null(matrix: dict[str, Any]) -> None:
+    """``build_matrix`` output from before 1.1 lacks the keys: the views say so instead of crashing."""
+    for column in matrix["columns"]:
+        del column["evidence"], column["imitates"]
+    assert "evidence unknown" in render_text(matrix)
+    assert "evidence unknown" in render_text(matrix, width=80)
+    assert "evidence: unknown" in render_markdown(matrix)
+    assert "evidence unknown" in "".join(_parse(render_html(matrix)).text)
 
 
 # --- write_all ----------------------------------------------------------------------------------------------------
@@ -189,7 +247,31 @@ def test_markdown_escape_and_fence() -> None:
 def test_markdown_shows_missing_and_errored_cells(matrix: dict[str, Any]) -> None:
     md = render_markdown(matrix)
     events = next(line for line in md.splitlines() if line.startswith("| Lifecycle events"))
-    assert [c.strip() for c in events.strip("|").split("|")][1:] == ["—", "✓ passes", "○ not declared", "not run"]
+    assert [c.strip() for c in events.strip("|").split("|")][1:] == [
+        "—",
+        "✓ passes",
+        "○ not declared",
+        "○ not declared",
+        "not run",
+    ]
+
+
+def test_markdown_shows_evidence_and_what_a_simulator_imitates(matrix: dict[str, Any]) -> None:
+    md = render_markdown(matrix)
+    columns = md.split("## Columns", 1)[1].split("## Matrix", 1)[0]
+    ovirt = next(line for line in columns.splitlines() if line.startswith("| ovirt@simulator |"))
+    assert "| oVirt REST simulator 0.1, *imitating oVirt Engine 4.5.6-1.el8* | project-simulator |" in ovirt
+    for column in matrix["columns"]:
+        row = next(line for line in columns.splitlines() if line.startswith(f"| {escape(column['id'])} |"))
+        assert f"| {column['evidence'] or '—'} |" in row
+    header = next(line for line in md.splitlines() if line.startswith("| Feature |"))
+    for level in Evidence:
+        assert f"evidence: {level.value}" in header
+    assert "oVirt REST simulator 0.1<br>*imitating oVirt Engine 4.5.6-1.el8*<br>evidence: project-simulator" in header
+    assert "imitating VMware vCenter Server 8.0.2 &lt;script&gt;" in header, "imitates is escaped like the rest"
+    legend = md.split("## Legend", 1)[1].split("## Failures", 1)[0]
+    for level in Evidence:
+        assert f"| {level.value} | 1 | {escape(level.doc)} |" in legend
 
 
 # --- terminal -----------------------------------------------------------------------------------------------------
@@ -209,7 +291,7 @@ def test_terminal_table(matrix: dict[str, Any]) -> None:
         assert area["title"] in text
     lines = text.splitlines()
     row = next(line for line in lines if "Memory snapshots" in line)
-    assert re.search(r"✓ passes\s+⚠ declared but fails\s+✓ passes\s+· not run", row), row
+    assert re.search(r"✓ passes\s+⚠ declared but fails\s+✓ passes\s+○ not declared\s+· not run", row), row
     assert re.search(r"Lifecycle events\s+—\s+✓ passes", text)
     for outcome in OUTCOMES.values():
         assert f"{outcome.symbol} {outcome.label} (" in text, f"legend lacks {outcome.label}"
@@ -220,6 +302,150 @@ def test_terminal_table(matrix: dict[str, Any]) -> None:
 def test_terminal_prints_strings_literally_not_as_markup(matrix: dict[str, Any]) -> None:
     matrix["columns"][0]["backend"] = "[bold red]fake[/]"
     assert "[bold red]fake[/]" in render_text(matrix)
+    assert "[bold red]fake[/]" in render_text(matrix, width=80)
+    assert "[bold red]not markup[/]" in render_text(matrix), "what a simulator imitates is literal too"
+
+
+def _record(matrix: dict[str, Any], width: int) -> str:
+    console = Console(width=width, record=True, file=io.StringIO(), color_system="truecolor", force_terminal=True)
+    render_terminal(matrix, console)
+    return console.export_text()
+
+
+def _grid_bodies(text: str) -> list[list[str]]:
+    """The body rows of each feature table: the lines after a header rule up to the first blank line."""
+    lines = text.splitlines()
+    bodies = []
+    for i, line in enumerate(lines):
+        if set(line.strip()) in ({"─"}, {"-"}) and lines[i - 1].lstrip().startswith("Feature"):
+            body = []
+            for row in lines[i + 1 :]:
+                if not row.strip():
+                    break
+                body.append(row)
+            bodies.append(body)
+    return bodies
+
+
+def _expected_rows(matrix: dict[str, Any]) -> list[str]:
+    rows = []
+    for area in matrix["areas"]:
+        titles = [f["title"] for f in matrix["features"] if f["area"] == area["id"]]
+        if titles:
+            rows += [area["title"], *titles]
+    return rows
+
+
+def _one_line_per_row(matrix: dict[str, Any], text: str) -> list[list[str]]:
+    bodies = _grid_bodies(text)
+    assert bodies, f"no feature table found in:\n{text}"
+    expected = _expected_rows(matrix)
+    for body in bodies:
+        assert len(body) == len(expected), "a row took more than one line:\n" + "\n".join(body)
+        for row, title in zip(body, expected, strict=True):
+            assert row.lstrip().startswith(title), f"{row!r} is not the row of {title!r}"
+    return bodies
+
+
+def _key_entries(text: str) -> dict[str, str]:
+    """The narrow layout's key table: each key with its (possibly wrapped) row's words joined."""
+    lines = text.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.strip() == "Columns") :]
+    start = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"}) + 1
+    entries: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        key = re.match(r"^ ?([A-Z]+) ", line)
+        if key:
+            entries[key.group(1)] = []
+        entries[list(entries)[-1]] += line.split()
+    return {k: " ".join(words) for k, words in entries.items()}
+
+
+def test_terminal_at_80_columns_is_one_symbol_per_cell_with_a_key(matrix: dict[str, Any]) -> None:
+    text = _record(matrix, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    [body] = _one_line_per_row(matrix, text)
+    row = next(line for line in body if "Memory snapshots" in line)
+    assert re.fullmatch(r"\s+Memory snapshots\s+✓\s+⚠\s+✓\s+○\s*", row), row
+    row = next(line for line in body if "Lifecycle events" in line)
+    assert re.fullmatch(r"\s+Lifecycle events\s+—\s+✓\s+○\s+○\s*", row), "a missing cell is a dash: " + row
+    assert "not run" not in "\n".join(body), "a column that never ran takes no room in the grid"
+    header = text.splitlines()[text.splitlines().index(body[0]) - 2]
+    assert re.fullmatch(r"\s*Feature\s+A\s+B\s+C\s+D\s*", header), header
+    entries = _key_entries(text)
+    assert list(entries) == [column_key(i) for i in range(len(matrix["columns"]))]
+    assert entries["A"] == "A fake@memory fake 0.1.0 in-memory"
+    assert entries["B"] == "B libvirt@qemu QEMU 8.2.2 real"
+    assert entries["C"].startswith("C vmware@vcsim vcsim 0.37.3")
+    assert "vendor-simulator" in entries["C"]
+    assert "imitating VMware vCenter Server 8.0.2" in entries["C"]
+    ovirt = entries["D"]
+    assert ovirt.startswith("D ovirt@simulator oVirt REST simulator 0.1, project-simulator")
+    assert ovirt.endswith("imitating oVirt Engine 4.5.6-1.el8"), "a wrapped key row keeps the imitated product"
+    assert entries["E"] == "E hyperv@winrm did not run (see below) —"
+    for outcome in OUTCOMES.values():
+        assert f"{outcome.symbol} {outcome.label} (" in text, f"legend lacks {outcome.label}"
+    for level in Evidence:
+        assert level.doc.split()[-1] in text, f"the legend does not explain {level.value}"
+    assert "connection refused to 127.0.0.1:5986" in text
+
+
+def test_terminal_wide_keeps_spelled_out_cells_with_evidence(matrix: dict[str, Any]) -> None:
+    text = _record(matrix, 200)
+    assert max(len(line) for line in text.splitlines()) <= 200
+    [body] = _one_line_per_row(matrix, text)
+    row = next(line for line in body if "Memory snapshots" in line)
+    assert re.search(r"✓ passes\s+⚠ declared but fails\s+✓ passes\s+○ not declared\s+· not run", row), row
+    head = text.split("Feature", 1)[0]
+    for level in Evidence:
+        assert level.value in head, f"no column header says {level.value}"
+    assert "oVirt REST simulator 0.1" in head
+    assert "imitating oVirt Engine 4.5.6-1.el8" in head
+    assert "Key" not in text, "the wide layout needs no key"
+
+
+@pytest.mark.parametrize("width", [50, 60, 80, 100, 120, 140, 160, 200, 260])
+def test_terminal_never_overflows_or_wraps_a_cell(matrix: dict[str, Any], width: int) -> None:
+    """Whichever layout a width gets, nothing is cut off and every row stays on one line."""
+    text = _record(matrix, width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    _one_line_per_row(matrix, text)
+
+
+def test_terminal_splits_more_columns_than_fit_into_several_grids(matrix: dict[str, Any]) -> None:
+    template = _column(matrix, "libvirt@qemu")
+    cells = [c for c in matrix["cells"] if c["column"] == template["id"]]
+    for i in range(30):
+        cid = f"libvirt@host{i}"
+        matrix["columns"].append({**template, "id": cid, "endpoint": f"host{i}"})
+        matrix["cells"] += [{**c, "column": cid} for c in cells]
+    validate(matrix)
+    text = _record(matrix, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    bodies = _one_line_per_row(matrix, text)
+    assert len(bodies) >= 2
+    assert "(A-" in text, "each grid names the keys it covers"
+    keys = re.findall(r"^\s*Feature((?:\s+[A-Z]+)+)\s*$", text, re.MULTILINE)
+    assert " ".join(k.strip() for k in keys).split() == [column_key(i) for i in range(35) if i != 4]
+    assert f"{column_key(34)} " in text.split("Columns", 1)[1]
+
+
+def test_terminal_falls_back_to_ascii_where_the_console_cannot_encode(matrix: dict[str, Any]) -> None:
+    """A cp1252 or ``PYTHONIOENCODING=ascii`` console gets stand-ins instead of a UnicodeEncodeError."""
+    matrix["columns"][1]["backend"] = "QEMU émulateur"
+    for width in (80, 200):
+        raw = io.BytesIO()
+        stream = io.TextIOWrapper(raw, encoding="ascii")
+        render_terminal(matrix, Console(file=stream, width=width, color_system=None))
+        stream.flush()
+        text = raw.getvalue().decode("ascii")
+        assert "QEMU ?mulateur" in text
+        for outcome in OUTCOMES.values():
+            assert f"{outcome.ascii} {outcome.label} (" in text
+        assert "|" not in text.split("Columns that did not run")[0], "no ruled ASCII grid"
+        _one_line_per_row(matrix, text)
 
 
 # --- HTML ---------------------------------------------------------------------------------------------------------
@@ -293,6 +519,17 @@ def test_html_cells_have_stable_hooks(matrix: dict[str, Any]) -> None:
     assert any(a.get("id") == "legend" for _, a in page.tags)
     legend = [a["data-outcome"] for t, a in page.tags if t == "li" and "data-outcome" in a]
     assert legend == list(OUTCOMES)
+    levels = [a["data-evidence"] for t, a in page.tags if t == "li" and "data-evidence" in a]
+    assert levels == [e.value for e in Evidence]
+    headers = {a["data-column"]: a.get("data-evidence") for t, a in page.tags if t == "th" and "data-column" in a}
+    assert headers == {c["id"]: c["evidence"] for c in matrix["columns"]}
+
+
+def test_html_legend_explains_the_evidence_levels(matrix: dict[str, Any]) -> None:
+    text = " ".join(_parse(render_html(matrix)).text)
+    legend = text.split("Legend", 1)[1].split("Feature", 1)[0]
+    for level in Evidence:
+        assert f"{level.value} 1 {level.doc}" in " ".join(legend.split()), f"the legend does not explain {level}"
 
 
 def test_html_headers_show_backend_versions_and_libraries(matrix: dict[str, Any]) -> None:
@@ -302,3 +539,15 @@ def test_html_headers_show_backend_versions_and_libraries(matrix: dict[str, Any]
     assert "(contract 1.1)" not in text, "the matrix's own contract version is not repeated per column"
     assert "virtdrivers-vmware 0.1.0 (contract 1.0)" in text, "an older plugin's contract is shown"
     assert "did not run: BackendUnavailable" in text
+
+
+def test_html_simulator_headers_name_the_simulator_and_what_it_imitates(matrix: dict[str, Any]) -> None:
+    page = render_html(matrix)
+    ovirt = page.split('data-column="ovirt@simulator"', 1)[1].split("</th>", 1)[0]
+    assert '<div class="col-backend">oVirt REST simulator 0.1</div>' in ovirt
+    assert '<div class="col-imitates">imitating oVirt Engine 4.5.6-1.el8</div>' in ovirt
+    assert 'data-evidence="project-simulator"' in ovirt
+    vcsim = page.split('data-column="vmware@vcsim"', 1)[1].split("</th>", 1)[0]
+    assert "imitating VMware vCenter Server 8.0.2 &lt;script&gt;alert(1)&lt;/script&gt; [bold red]" in vcsim
+    qemu = page.split('data-column="libvirt@qemu"', 1)[1].split("</th>", 1)[0]
+    assert "imitating" not in qemu, "a real backend imitates nothing"

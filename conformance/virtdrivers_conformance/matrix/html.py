@@ -16,6 +16,7 @@ import hashlib
 from html import escape
 from typing import Any
 
+from virtdrivers_conformance.matrix.evidence import EVIDENCE
 from virtdrivers_conformance.matrix.model import (
     CellDict,
     ColumnDict,
@@ -24,6 +25,8 @@ from virtdrivers_conformance.matrix.model import (
     backend_line,
     driver_line,
     duration_text,
+    evidence_of,
+    imitating_text,
     libraries_line,
 )
 from virtdrivers_conformance.matrix.outcomes import ATTENTION, OUTCOMES
@@ -42,6 +45,8 @@ def _outcome_css() -> str:
     rules = []
     for o in OUTCOMES.values():
         rules.append(f".o-{o.id}{{color:{o.colour};background:{o.background}}}")
+    for e in EVIDENCE.values():
+        rules.append(f".ev-{e.label}{{color:{e.colour};background:{e.background}}}")
     return "\n".join(rules)
 
 
@@ -63,6 +68,12 @@ align-items:center}
 #legend .count{font-variant-numeric:tabular-nums;font-weight:600;text-align:right}
 #legend .desc{color:var(--muted)}
 #legend .notes{margin:8px 0 0;color:var(--muted);font-size:13px}
+#legend h3{font-size:13px;margin:10px 0 4px}
+#legend ul.evidence{grid-template-columns:auto auto 1fr}
+.evb{display:inline-block;padding:0 7px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap;
+border:1px solid currentColor}
+.col-imitates{font-size:12px;font-style:italic;overflow-wrap:anywhere}
+.col-evidence{margin:2px 0}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;white-space:nowrap}
 .sym{font-weight:700;margin-right:4px}
 .filter{display:flex;gap:6px;align-items:center;color:var(--muted);padding-top:6px}
@@ -163,6 +174,19 @@ def _badge(outcome_id: str) -> str:
     return f'<span class="badge o-{o.id}"><span class="sym" aria-hidden="true">{o.symbol}</span>{_e(o.label)}</span>'
 
 
+def _evidence_badge(column: ColumnDict) -> str:
+    level = evidence_of(column)
+    if level is None:
+        if column["error"]:
+            return ""
+        return '<div class="col-evidence"><span class="evb" data-evidence="unknown">evidence unknown</span></div>'
+    e = EVIDENCE[level]
+    return (
+        f'<div class="col-evidence"><span class="evb ev-{e.label}" data-evidence="{e.label}"'
+        f' title="{_e(e.description)}">{_e(e.label)}</span></div>'
+    )
+
+
 def _legend(view: MatrixView) -> str:
     counts = view.counts()
     items = "".join(
@@ -170,11 +194,22 @@ def _legend(view: MatrixView) -> str:
         f'<span class="desc">{_e(o.description)}</span></li>'
         for o in OUTCOMES.values()
     )
+    levels = [evidence_of(c) for c in view.columns]
+    evidence = "".join(
+        f'<li data-evidence="{e.label}"><span class="evb ev-{e.label}">{_e(e.label)}</span>'
+        f'<span class="count" title="columns">{levels.count(e.level)}</span>'
+        f'<span class="desc">{_e(e.description)}</span></li>'
+        for e in EVIDENCE.values()
+    )
     return (
         '<section id="legend" aria-label="Legend"><h2>Legend</h2>'
         f"<ul>{items}</ul>"
         '<p class="notes">— no test of the feature ran · <span class="core">core</span> mandatory feature every'
-        " driver must pass · click a cell for its tests and messages</p></section>"
+        " driver must pass · click a cell for its tests and messages</p>"
+        '<h3 id="evidence-legend">Evidence: how real the peer that answered a column is</h3>'
+        f'<ul class="evidence">{evidence}</ul>'
+        '<p class="notes">A simulator\'s column names the simulator as its backend and, separately, what it is'
+        " imitating: its results are that simulator's reading of the product, not the product's.</p></section>"
     )
 
 
@@ -190,8 +225,11 @@ def _column_header(column: ColumnDict, contract: str) -> str:
     parts = [
         f'<div class="col-id">{_e(column["id"])}</div>',
         f'<div class="col-backend">{_e(backend_line(column))}</div>' if column["backend"] else "",
-        f'<div class="col-meta">{_e(driver_line(column, contract))}</div>',
     ]
+    imitating = imitating_text(column)
+    if imitating:
+        parts.append(f'<div class="col-imitates">{_e(imitating)}</div>')
+    parts += [_evidence_badge(column), f'<div class="col-meta">{_e(driver_line(column, contract))}</div>']
     libraries = libraries_line(column)
     if libraries:
         parts.append(f'<div class="col-libs">{_e(libraries)}</div>')
@@ -205,7 +243,9 @@ def _column_header(column: ColumnDict, contract: str) -> str:
             first = first[:90] + "…"
         parts.append(f'<div class="col-err" title="{_e(column["error"])}">did not run: {_e(first)}</div>')
         cls = ' class="errored"'
-    return f'<th scope="col"{cls} data-column="{_e(column["id"])}">{"".join(parts)}</th>'
+    evidence = evidence_of(column)
+    level = f' data-evidence="{evidence.value}"' if evidence is not None else ""
+    return f'<th scope="col"{cls} data-column="{_e(column["id"])}"{level}>{"".join(parts)}</th>'
 
 
 def _tooltip(cell: CellDict) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from virtdrivers_conformance.matrix.evidence import EVIDENCE
 from virtdrivers_conformance.matrix.model import (
     CellDict,
     ColumnDict,
@@ -19,6 +20,8 @@ from virtdrivers_conformance.matrix.model import (
     backend_line,
     driver_line,
     duration_text,
+    evidence_of,
+    imitating_text,
     libraries_line,
 )
 from virtdrivers_conformance.matrix.outcomes import OUTCOMES
@@ -51,19 +54,38 @@ def _cell(cell: CellDict | None, column: ColumnDict) -> str:
     return f"{outcome.symbol} {outcome.label}"
 
 
+def _evidence(column: ColumnDict) -> str:
+    level = evidence_of(column)
+    if level is not None:
+        return level.value
+    return "—" if column["error"] else "unknown"
+
+
+def _backend(column: ColumnDict) -> str:
+    """The backend, then what it imitates: a simulator's column must never read as the product itself."""
+    imitating = imitating_text(column)
+    return escape(backend_line(column)) + (f", *{escape(imitating)}*" if imitating else "")
+
+
 def _header(column: ColumnDict) -> str:
-    return f"**{escape(column['id'])}**<br>{escape(backend_line(column))}"
+    imitating = imitating_text(column)
+    lines = [f"**{escape(column['id'])}**", escape(backend_line(column))]
+    if imitating:
+        lines.append(f"*{escape(imitating)}*")
+    if evidence_of(column) is not None or not column["error"]:
+        lines.append(f"evidence: {_evidence(column)}")
+    return "<br>".join(lines)
 
 
 def _columns_table(view: MatrixView) -> list[str]:
     lines = [
-        "| Column | Endpoint | Backend | Driver | Libraries | Declared | Took |",
-        "| --- | --- | --- | --- | --- | ---: | ---: |",
+        "| Column | Endpoint | Backend | Evidence | Driver | Libraries | Declared | Took |",
+        "| --- | --- | --- | --- | --- | --- | ---: | ---: |",
     ]
     for c in view.columns:
         status = f"**error**: {escape(c['error'])}" if c["error"] else escape(c["endpoint_description"])
         lines.append(
-            f"| {escape(c['id'])} | {status} | {escape(backend_line(c))} | {escape(driver_line(c))}"
+            f"| {escape(c['id'])} | {status} | {_backend(c)} | {_evidence(c)} | {escape(driver_line(c))}"
             f" | {escape(libraries_line(c)) or '—'} | {len(c['declared'])} | {duration_text(c['duration_s']) or '—'} |"
         )
     return lines
@@ -90,6 +112,15 @@ def _legend(view: MatrixView) -> list[str]:
     for o in OUTCOMES.values():
         lines.append(f"| {o.symbol} {o.label} | {counts[o.id]} | {escape(o.description)} |")
     lines += ["", "— no test of the feature ran; \\* a mandatory core feature every driver must pass."]
+    levels = [evidence_of(c) for c in view.columns]
+    lines += ["", "| Evidence | Columns | Meaning |", "| --- | ---: | --- |"]
+    for style in EVIDENCE.values():
+        lines.append(f"| {style.label} | {levels.count(style.level)} | {escape(style.description)} |")
+    lines += [
+        "",
+        "Evidence says how real the peer that answered a column is; a simulator's column names the simulator"
+        " as its backend and the product it imitates separately.",
+    ]
     return lines
 
 

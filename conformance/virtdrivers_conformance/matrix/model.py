@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
+from virtdrivers.endpoint import Evidence
 from virtdrivers_conformance.matrix.outcomes import ATTENTION, OUTCOMES
 
 __all__ = [
@@ -25,6 +26,9 @@ __all__ = [
     "backend_line",
     "driver_line",
     "duration_text",
+    "evidence_of",
+    "imitates_of",
+    "imitating_text",
     "libraries_line",
 ]
 
@@ -57,6 +61,8 @@ class ColumnDict(TypedDict):
     declared: list[str]
     duration_s: float | None
     error: str | None
+    evidence: NotRequired[str | None]
+    imitates: NotRequired[str | None]
 
 
 class TestDict(TypedDict):
@@ -146,6 +152,31 @@ def backend_line(column: ColumnDict) -> str:
     """``backend version``, or a dash: an errored column may never have reached its backend."""
     parts = [p for p in (column["backend"], column["backend_version"]) if p]
     return " ".join(parts) or "—"
+
+
+def evidence_of(column: ColumnDict) -> Evidence | None:
+    """How real the column's peer is; None for a column that never said (an error, or a pre-1.1 matrix).
+
+    ``validate`` requires the key, but renderers also run on what ``build_matrix`` hands them directly, so a
+    missing key reads as null here rather than crashing a report that is otherwise fine.
+    """
+    value = column.get("evidence")
+    return None if value is None else Evidence(value)
+
+
+def imitates_of(column: ColumnDict) -> str | None:
+    """The product a simulator imitates (``oVirt Engine 4.5.6-1.el8``), or None; a missing key reads as null."""
+    return column.get("imitates") or None
+
+
+def imitating_text(column: ColumnDict) -> str:
+    """``imitating X`` for a simulator column, else empty.
+
+    Every view puts this right after the backend, so a simulator's column can never read as if the product it
+    imitates had answered.
+    """
+    imitates = imitates_of(column)
+    return f"imitating {imitates}" if imitates else ""
 
 
 def driver_line(column: ColumnDict, contract: str | None = None) -> str:

@@ -20,7 +20,9 @@ class Outcome:
     hex colour offered to anything else), ``background`` the matching tint of
     an HTML cell, and ``style`` the ``rich`` style, given separately because
     named ANSI colours follow the operator's terminal theme where a hex value
-    would not.
+    would not. ``ascii`` stands in for ``symbol`` on a console that cannot
+    encode it (a legacy Windows code page, ``PYTHONIOENCODING=ascii``), and
+    looks like it so the legend still reads across.
     """
 
     id: str
@@ -30,6 +32,7 @@ class Outcome:
     background: str
     style: str
     description: str
+    ascii: str
 
 
 #: The five outcomes, in the order legends list them: the three plain answers, then the two lies.
@@ -44,6 +47,7 @@ OUTCOMES: dict[str, Outcome] = {
             "#dafbe1",
             "green",
             "Every test of the feature passed.",
+            "v",
         ),
         Outcome(
             "fails",
@@ -53,6 +57,7 @@ OUTCOMES: dict[str, Outcome] = {
             "#ffebe9",
             "bold red",
             "A mandatory feature failed: the driver does not meet the contract.",
+            "X",
         ),
         Outcome(
             "not_declared",
@@ -62,6 +67,7 @@ OUTCOMES: dict[str, Outcome] = {
             "#f3f4f6",
             "bright_black",
             "The driver does not declare the capability, and the probe confirmed it does not work (skipped).",
+            "o",
         ),
         Outcome(
             "declared_but_fails",
@@ -71,6 +77,7 @@ OUTCOMES: dict[str, Outcome] = {
             "#ffd8b5",
             "bold dark_orange",
             "The driver declares the capability but a test of it failed: callers will trust a broken feature.",
+            "!",
         ),
         Outcome(
             "not_declared_but_works",
@@ -80,6 +87,7 @@ OUTCOMES: dict[str, Outcome] = {
             "#ddf4ff",
             "bold cyan",
             "The driver does not declare the capability, yet every probe passed: callers will never use it.",
+            "+",
         ),
     )
 }
