@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,31 @@ def test_drivers_lists_every_installed_backend_without_importing_a_vendor_sdk() 
     assert all(e["capabilities"] is not None for e in listed.values())
     imported = {m.split(".")[0] for m in json.loads(result.stderr.strip().splitlines()[-1])}
     assert not imported & VENDOR_SDKS, f"listing drivers imported {imported & VENDOR_SDKS}"
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_drivers_table_never_exceeds_the_terminal_width(width: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "virtdrivers.cli", "drivers"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": str(width)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width, result.stdout
+    fake_row = next(line for line in lines if line.startswith("│ fake "))
+    if width == 200:  # wide: the full table, every capability named in the driver's row
+        assert "adopt, aggregates, attach_disk" in fake_row
+        assert len(lines) < 30
+    else:  # narrow: a count in the row, the names in a wrapped paragraph below
+        from virtdrivers.fake import FakeDriver
+
+        assert fake_row.rstrip("│ ").endswith(f" {len(FakeDriver.capabilities)}")
+        paragraph = " ".join(lines[lines.index(next(x for x in lines if x.startswith("fake: "))) :])
+        assert "adopt aggregates attach_disk" in paragraph
+        assert "suspend" in paragraph
 
 
 def test_vm_commands_against_the_embedded_fake() -> None:

@@ -6,6 +6,9 @@ import importlib
 import json
 import pkgutil
 import string
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -221,3 +224,29 @@ def test_names_with_control_characters_are_refused(name: str) -> None:
         assert exc.field == "InstanceSpec.name"
     else:
         assert not bad, name
+
+
+def test_models_are_built_on_first_use_and_then_validate_in_a_fresh_process() -> None:
+    """Importing the contract and listing drivers builds no object model; the first use builds and validates."""
+    code = textwrap.dedent(
+        """
+        import virtdrivers
+        from virtdrivers.objects import object_registry
+        from virtdrivers.loader import list_drivers
+
+        assert [e.name for e in list_drivers() if e.name == "fake"] == ["fake"]
+        built = [n for n, c in object_registry.items() if c.__pydantic_complete__]
+        assert built == [], f"listing built {built}"
+        try:
+            virtdrivers.InstanceSpec(name="web", vcpus=0, memory_mb=512)
+        except virtdrivers.InvalidSpec as exc:
+            print(exc.field, "|", exc)
+        spec = virtdrivers.InstanceSpec(name="web", vcpus=2, memory_mb=512, disks=[{"size_gib": 1}])
+        print(spec.disks[0].thin, virtdrivers.InstanceSpec.model_json_schema()["properties"]["start"]["description"])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    first, second = out.splitlines()
+    assert first.startswith("InstanceSpec.vcpus | "), first
+    assert "greater than or equal to 1" in first
+    assert second == "True Power the instance on once it is created, as a compute agent's spawn does."

@@ -71,15 +71,17 @@ class OldDriver(FakeDriver):
 '''
 
 
-@pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    src = tmp_path_factory.mktemp("acme-src")
-    (src / "pyproject.toml").write_text(PYPROJECT)
-    pkg = src / "acme_virt"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent(DRIVER))
-    (pkg / "broken.py").write_text("import acme_sdk_that_is_not_installed  # noqa: F401\n")
-    site = tmp_path_factory.mktemp("acme-site")
+def install_plugin(src: Path, files: dict[str, str], site: Path) -> dict[str, str]:
+    """Build the distribution whose ``pyproject.toml`` and sources are ``files`` (relative path -> text)
+    in ``src`` with hatchling, install it into ``site``, and return an environment that sees it.
+
+    ``site`` is a private ``--target`` directory put on PYTHONPATH, so the project's
+    environment is never modified. Other test modules build their own plugins with this.
+    """
+    for rel, text in files.items():
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", site, src],
         check=True,
@@ -88,6 +90,16 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "acme_virt/__init__.py": DRIVER,
+        "acme_virt/broken.py": "import acme_sdk_that_is_not_installed  # noqa: F401\n",
+    }
+    return install_plugin(tmp_path_factory.mktemp("acme-src"), files, tmp_path_factory.mktemp("acme-site"))
 
 
 def _cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

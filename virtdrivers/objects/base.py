@@ -14,16 +14,22 @@ objects validate on construction, and validation errors surface as
 
 from __future__ import annotations
 
+import ast
 import datetime
 import enum
 import hashlib
+import inspect
 import json
-from typing import Any, ClassVar, Self
+import textwrap
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from virtdrivers.errors import InvalidSpec
 from virtdrivers.version import ContractVersion
+
+if TYPE_CHECKING:
+    from pydantic._internal._namespace_utils import MappingNamespace
 
 __all__ = ["IncompatibleObjectVersion", "VersionedObject", "object_registry"]
 
@@ -52,7 +58,12 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
 class VersionedObject(BaseModel):
     """Base of every contract object."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True)
+    # defer_build: a model's validator and schema are built on its first use, not at import.
+    # Every plugin imports these classes and listing drivers uses none of them, so building
+    # all of them up front was most of the cost of ``virtdrivers drivers``. Attribute
+    # docstrings become field descriptions at that first build too (see _describe_fields),
+    # not through pydantic's use_attribute_docstrings, which reads each class's source at import.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, defer_build=True)
 
     #: The object's own version, ``MAJOR.MINOR``.
     VERSION: ClassVar[str] = "1.0"
@@ -66,6 +77,25 @@ class VersionedObject(BaseModel):
         super().__init_subclass__(**kwargs)
         ContractVersion.parse(cls.VERSION)
         object_registry[cls.__name__] = cls
+
+    @classmethod
+    def model_rebuild(
+        cls,
+        *,
+        force: bool = False,
+        raise_errors: bool = True,
+        _parent_namespace_depth: int = 2,
+        _types_namespace: MappingNamespace | None = None,
+    ) -> bool | None:
+        """Build the deferred schema, with attribute docstrings as descriptions; pydantic calls this on first use."""
+        _describe_fields()
+        return super().model_rebuild(
+            force=force,
+            raise_errors=raise_errors,
+            # one frame deeper than pydantic expects: this override sits between it and its caller
+            _parent_namespace_depth=_parent_namespace_depth + 1 if _parent_namespace_depth > 0 else 0,
+            _types_namespace=_types_namespace,
+        )
 
     def __init__(self, /, **data: Any) -> None:
         try:
@@ -141,6 +171,52 @@ class VersionedObject(BaseModel):
         extra = json.dumps([cls.FIELD_SINCE, cls.CHILD_VERSIONS], sort_keys=True)
         digest = hashlib.sha256((schema + extra).encode()).hexdigest()[:16]
         return f"{cls.VERSION}-{digest}"
+
+
+_described: set[type[VersionedObject]] = set()
+
+
+def _describe_fields() -> None:
+    """Give every registered object's fields their attribute docstrings as descriptions, once.
+
+    Runs before any object's schema is built, for all of them at once, because building one
+    object builds the schemas of the objects nested in it without rebuilding those. A field
+    with an explicit ``Field(description=...)`` keeps it; inherited fields take the docstring
+    nearest in the MRO, as pydantic's own ``use_attribute_docstrings`` does.
+    """
+    for cls in list(object_registry.values()):
+        if cls in _described:
+            continue
+        _described.add(cls)
+        docs: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            if isinstance(klass, type) and issubclass(klass, VersionedObject):
+                docs.update(_attribute_docstrings(klass))
+        for name, info in cls.__pydantic_fields__.items():
+            if info.description is None and name in docs:
+                info.description = docs[name]
+
+
+def _attribute_docstrings(cls: type) -> dict[str, str]:
+    """``name: type`` followed by a string literal, in the class body itself: name -> that string."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source shipped (zipapp, .pyc only): no descriptions
+        return {}
+    body = ast.parse(source).body[0]
+    if not isinstance(body, ast.ClassDef):
+        return {}
+    docs: dict[str, str] = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 def _structure(schema: Any) -> Any:
