@@ -49,6 +49,7 @@ AREAS: dict[str, str] = {
 
 _V1_0 = ContractVersion(1, 0)
 _V1_1 = ContractVersion(1, 1)
+_V1_2 = ContractVersion(1, 2)
 
 
 class Capability(enum.StrEnum):
@@ -74,6 +75,7 @@ class Capability(enum.StrEnum):
     HA_FAILOVER = "ha_failover"
     ADOPT = "adopt"
     EVENTS = "events"
+    REAP = "reap"
     DISK_RAW = "disk_raw"
     DISK_QCOW2 = "disk_qcow2"
     DISK_VMDK = "disk_vmdk"
@@ -141,6 +143,11 @@ _INFO: dict[Capability, CapabilityInfo] = {
     ),
     Capability.EVENTS: CapabilityInfo(
         "events", _V1_0, "Deliver lifecycle events (started, stopped, paused, ...) to a subscriber."
+    ),
+    Capability.REAP: CapabilityInfo(
+        "lifecycle",
+        _V1_2,
+        "Mark every create before its first backend change, and find and remove what a create killed midway left.",
     ),
     Capability.DISK_RAW: CapabilityInfo("formats", _V1_0, "Create disks in raw format."),
     Capability.DISK_QCOW2: CapabilityInfo("formats", _V1_0, "Create disks in qcow2 format."),

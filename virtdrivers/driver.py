@@ -38,6 +38,7 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     LifecycleEvent,
     NodeInfo,
     SnapshotInfo,
@@ -67,7 +68,7 @@ class DriverSettings(BaseModel):
     Secrets belong in :class:`pydantic.SecretStr` fields, which never print.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first load(), not at import
 
     def redacted(self) -> dict[str, Any]:
         """Settings as shown to people: secrets masked."""
@@ -172,6 +173,7 @@ _GUARDS: dict[str, Callable[[Driver, dict[str, Any]], set[Capability]]] = {
     "list_unmanaged": _fixed(Capability.ADOPT),
     "adopt": _fixed(Capability.ADOPT),
     "subscribe": _fixed(Capability.EVENTS),
+    "reap": _fixed(Capability.REAP),
 }
 
 #: Arguments validated into contract objects before any guard or backend call.
@@ -462,3 +464,15 @@ class Driver(ABC):
     def subscribe(self, callback: EventCallback) -> Subscription:
         """Deliver lifecycle events to ``callback`` from a driver thread until closed (EVENTS)."""
         raise self._unsupported("subscribe", Capability.EVENTS)
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        """Find, and unless ``dry_run`` remove, what interrupted creates left behind (REAP).
+
+        A driver declaring REAP writes an operation token (:class:`virtdrivers.reaping.CreateToken`)
+        before a create's first backend change and marks it complete as the create's last step.
+        Reaped are instances and disks whose token's create is over without completing: the
+        owning process is gone (same host), or the token is older than ``grace_s`` seconds.
+        Nothing an instance refers to, and nothing of a create still running, is ever removed.
+        Returns what was found (and removed).
+        """
+        raise self._unsupported("reap", Capability.REAP)

@@ -32,4 +32,4 @@ class ContractVersion(NamedTuple):
 
 
 #: The contract this copy of virtdrivers implements.
-CONTRACT_VERSION = ContractVersion(1, 1)
+CONTRACT_VERSION = ContractVersion(1, 2)

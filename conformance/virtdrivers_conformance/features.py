@@ -50,15 +50,19 @@ _MANDATORY = [
         "validation", "lifecycle", "Input validation", "Refuse bad specs with InvalidSpec before any backend call."
     ),
     Feature(
-        "create", "lifecycle", "Create", "Create running or stopped on the asked node, every spec field kept; a failed create leaves nothing."
+        "create",
+        "lifecycle",
+        "Create",
+        "Create running or stopped on the asked node, keeping every spec field; a failed create leaves nothing.",
     ),
     Feature("unique_names", "lifecycle", "Duplicate names", "Refuse a duplicate name where the backend forbids it."),
     Feature("metadata", "lifecycle", "Metadata", "Keep the key/value metadata given at create."),
+    Feature("list", "lifecycle", "Bulk list", "List every instance exactly as get_instance reports it, in bulk."),
     Feature(
-        "list", "lifecycle", "Bulk list", "List every instance exactly as get_instance reports it, in bulk."
-    ),
-    Feature(
-        "get", "lifecycle", "Get one", "Get an instance by id, as the listing shows it; InstanceNotFound for unknown ids."
+        "get",
+        "lifecycle",
+        "Get one",
+        "Get an instance by id, as the listing shows it; InstanceNotFound for unknown ids.",
     ),
     Feature("destroy", "lifecycle", "Destroy", "Destroy a running instance and everything it owns."),
     Feature("power", "power", "Power on / off", "Power off at once and power on again."),
@@ -90,6 +94,7 @@ _TITLES = {
     Capability.HA_FAILOVER: "HA failover",
     Capability.ADOPT: "Adopt existing VMs",
     Capability.EVENTS: "Lifecycle events",
+    Capability.REAP: "Reap interrupted creates",
     Capability.DISK_RAW: "raw disks",
     Capability.DISK_QCOW2: "qcow2 disks",
     Capability.DISK_VMDK: "vmdk disks",

@@ -50,11 +50,13 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     LifecycleEvent,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers.reaping import CreateToken
 
 MANAGED_KEY = "virtdrivers.managed"
 
@@ -118,6 +120,8 @@ class _Instance:
     snapshots: dict[str, _Snapshot] = field(default_factory=dict)
     #: The guest ignores graceful shutdown (set by the endpoint's ``ignore_acpi`` hook).
     acpi_deaf: bool = False
+    #: The operation token of the create that made it, until that create completes.
+    create_token: str | None = None
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -160,6 +164,7 @@ def _instance_to_json(inst: _Instance) -> dict[str, Any]:
         "ha_enabled": inst.ha_enabled,
         "ha_priority": inst.ha_priority.value,
         "acpi_deaf": inst.acpi_deaf,
+        "create_token": inst.create_token,
         "snapshots": [
             {
                 "id": s.id,
@@ -198,6 +203,7 @@ def _instance_from_json(d: dict[str, Any]) -> _Instance:
         ha_priority=HAPriority(d["ha_priority"]),
         snapshots=snapshots,
         acpi_deaf=d.get("acpi_deaf", False),
+        create_token=d.get("create_token"),
     )
 
 
@@ -498,6 +504,7 @@ class FakeDriver(Driver):
                 memory_mb=spec.memory_mb,
                 node=node,
                 metadata=dict(spec.metadata),
+                create_token=CreateToken.new().encode(),  # before the first change: a crash leaves a trail
             )
             self._b.instances[inst.id] = inst
             try:
@@ -506,6 +513,7 @@ class FakeDriver(Driver):
                     self._fault("create_disk")
                     inst.disks.append(self._new_disk(disk))
                 self._fault("create")
+                inst.create_token = None  # complete
                 self._b.emit(inst, EventType.CREATED)
                 if spec.start:
                     self._set_power(inst, PowerState.RUNNING, EventType.STARTED)
@@ -789,6 +797,29 @@ class FakeDriver(Driver):
                 raise InvalidState(f"{inst.name!r} is managed already")
             inst.managed = True
             return inst.info()
+
+    # -- crash safety -----------------------------------------------------------------------------
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        with self._b.lock:
+            found = []
+            for inst in list(self._b.instances.values()):
+                token = CreateToken.decode(inst.create_token)
+                if token is None or not token.abandoned(grace_s):
+                    continue
+                found.append(
+                    Leftover(
+                        kind="instance",
+                        ref=inst.id,
+                        name=inst.name,
+                        node=inst.node,
+                        token=inst.create_token,
+                        reason="its create never completed and its process is gone",
+                    )
+                )
+                if not dry_run:
+                    del self._b.instances[inst.id]
+            return found
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ __all__ = [
     "HostResources",
     "InstanceInfo",
     "InstanceSpec",
+    "Leftover",
     "LifecycleEvent",
     "NodeInfo",
     "PowerState",
@@ -239,3 +240,19 @@ class BackendInfo(VersionedObject):
     """Where it is connected, with any credentials removed."""
     libraries: dict[str, str] = Field(default_factory=dict)
     """Client-side libraries and middleware with their versions (libvirt, pyvmomi, pywinrm, ...)."""
+
+
+class Leftover(VersionedObject):
+    """Something an interrupted create left on the backend, as ``Driver.reap`` finds it."""
+
+    VERSION = "1.0"
+    kind: str
+    """``instance`` (a VM record) or ``disk`` (storage no instance refers to)."""
+    ref: str
+    """The backend's own reference: an instance id, a disk path or id."""
+    name: str | None = None
+    node: str | None = None
+    token: str | None = None
+    """The create's operation token (see :mod:`virtdrivers.reaping`)."""
+    reason: str = ""
+    """Why it counts as left over, for the operator reading a dry run."""

@@ -8,10 +8,12 @@ from virtdrivers_conformance.suite.tests import (
     TestCluster,
     TestEvents,
     TestFormats,
+    TestHostileInput,
     TestLifecycle,
     TestMigration,
     TestPets,
     TestPower,
+    TestReap,
     TestResize,
     TestSecrets,
     TestSnapshots,
@@ -35,5 +37,7 @@ class ConformanceSuite(
     TestEvents,
     TestUnknownInstances,
     TestSecrets,
+    TestReap,
+    TestHostileInput,
 ):
     """Every conformance test. Subclass it as ``TestYourDriver`` and override the ``driver`` fixture."""

@@ -13,6 +13,7 @@ the endpoint's hooks (:class:`virtdrivers.EndpointHooks`).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -56,10 +57,12 @@ __all__ = [
     "TestCluster",
     "TestEvents",
     "TestFormats",
+    "TestHostileInput",
     "TestLifecycle",
     "TestMigration",
     "TestPets",
     "TestPower",
+    "TestReap",
     "TestResize",
     "TestSecrets",
     "TestSnapshots",
@@ -1022,3 +1025,159 @@ class TestSecrets(DriverFixtures):
         texts.append(caplog.text)
         leaks = self._leaks(texts, secrets)
         assert not leaks, f"a secret appears in {len(leaks)} error text(s), repr(s) or log lines"
+
+
+class TestReap(DriverFixtures):
+    @feature("reap")
+    def test_reap_never_touches_finished_instances_or_pets(self, driver: Driver, make_instance: MakeInstance) -> None:
+        """With no grace at all, reap may take only creates still in progress (none here) and leftovers.
+
+        ``grace_s=0`` also removes creates in progress elsewhere on the endpoint, so run the
+        suite against an endpoint of its own, as every other test here already requires.
+        """
+        running = make_instance(disks=[{"size_gib": self.disk_gib}])
+        stopped = make_instance(start=False)
+        pets = {i.id for i in driver.list_unmanaged()} if driver.supports(Capability.ADOPT) else set()
+        before = {i: agreed(driver, i).model_dump() for i in (running.id, stopped.id)}
+        found = driver.reap(dry_run=True, grace_s=0)
+        assert all(f.kind in ("instance", "disk") for f in found)
+        refs = {f.ref for f in found}
+        assert not refs & {running.id, stopped.id, *pets}, "reap would remove a finished instance or a pet"
+        driver.reap(grace_s=0)
+        assert {i: agreed(driver, i).model_dump() for i in (running.id, stopped.id)} == before
+        if pets:
+            assert pets <= {i.id for i in driver.list_unmanaged()}
+
+
+#: Ids no backend issues: path tricks, query and fragment syntax, markup, shell and PowerShell syntax,
+#: control and non-ASCII characters. Each must be refused as not found (or as an invalid id), never
+#: reach a URL, a SOAP body, XML or a script as syntax, and never surface as a library exception.
+HOSTILE_IDS = [
+    "",
+    ".",
+    "..",
+    "../hosts",
+    "?x=1",
+    "#frag",
+    "a<b>&c",
+    "a/b\\c",
+    "nul\x00byte",
+    "line\r\nbreak",
+    "é日本😀",
+    "%2e%2e%2f",
+    " ",
+    "x" * 300,
+    "00000000-0000-4000-8000-000000000000\n",
+    "vm-1'; Remove-VM -Name * -Force; '",
+    "$(reboot)`reboot`",
+    '"quoted"',
+]
+
+#: Names the contract accepts. A backend keeps each exactly or refuses it up front (field ``name``).
+HOSTILE_NAMES = [
+    ".",
+    "..",
+    "😀" * 64,
+    "日本" * 32,
+    "a%25b%2f",
+    "a%b",
+    "<script>x</script>",
+    "-rf",
+    "*",
+    "a:b;c|d",
+    "CON",
+    "a  b",
+    "ümlaut-ß",
+    "'\"`$(x)",
+]
+
+#: Metadata values the contract accepts. Kept exactly, or refused up front naming ``metadata.<key>``.
+HOSTILE_METADATA = {
+    "nul": "a\x00b",
+    "esc": "\x1b[31mred",
+    "crlf": "a\r\nb",
+    "tab": "a\tb",
+    "unicode": "é日本😀",
+    "markup": "<>&'\"",
+    "shell": "${x}$(y)`z`",
+    "lead": " lead",
+    "trail": "trail ",
+    "empty": "",
+    "long": "x" * 1024,
+}
+
+
+def _typed(exc: BaseException) -> str | None:
+    """Why ``exc`` is not an acceptable answer to hostile input, or None when it is."""
+    if not isinstance(exc, DriverError):
+        return f"untyped {type(exc).__name__}: {exc!r}"[:300]
+    return None
+
+
+class TestHostileInput(DriverFixtures):
+    @feature("get")
+    def test_hostile_ids_are_not_found(self, driver: Driver) -> None:
+        wrong = {}
+        for ref in HOSTILE_IDS:
+            for op, call in (("get_instance", driver.get_instance), ("destroy", driver.destroy)):
+                try:
+                    call(ref)
+                except InstanceNotFound:
+                    continue
+                except InvalidSpec as exc:
+                    if exc.field != "instance_id":
+                        wrong[f"{op}({ref!r})"] = f"InvalidSpec(field={exc.field!r})"
+                except BaseException as exc:
+                    wrong[f"{op}({ref!r})"] = _typed(exc) or f"{type(exc).__name__}: {exc}"[:300]
+                else:
+                    wrong[f"{op}({ref!r})"] = "returned"
+        assert not wrong, f"hostile ids not refused as InstanceNotFound: {wrong}"
+
+    @feature("create")
+    def test_hostile_names_round_trip_or_are_refused_up_front(
+        self, driver: Driver, make_instance: MakeInstance
+    ) -> None:
+        wrong = {}
+        for name in HOSTILE_NAMES:
+            if driver.unique_names:
+                with contextlib.suppress(InstanceNotFound):  # another run's leftover would make it a duplicate
+                    driver.destroy(driver.find_instance(name).id)
+            before = {i.id for i in driver.list_instances()}
+            try:
+                info = make_instance(name=name, start=False, disks=[])
+            except InvalidSpec as exc:
+                if exc.field not in ("name", "InstanceSpec.name"):
+                    wrong[name] = f"InvalidSpec(field={exc.field!r})"
+                elif {i.id for i in driver.list_instances()} != before:
+                    wrong[name] = "refused, but left an instance behind"
+                continue
+            except BaseException as exc:
+                wrong[name] = _typed(exc) or f"{type(exc).__name__} instead of InvalidSpec(field='name'): {exc}"[:300]
+                continue
+            got = agreed(driver, info.id)
+            if got.name != name or info.name != name:
+                wrong[name] = f"kept as {got.name!r}"
+            elif driver.find_instance(name).id != info.id:
+                wrong[name] = "not found by its own name"
+        assert not wrong, f"names neither kept exactly nor refused up front: {wrong}"
+
+    @feature("metadata")
+    def test_hostile_metadata_round_trips_or_is_refused_up_front(
+        self, driver: Driver, make_instance: MakeInstance
+    ) -> None:
+        meta = dict(HOSTILE_METADATA)
+        refused: list[str] = []
+        for _ in range(len(HOSTILE_METADATA) + 1):
+            before = {i.id for i in driver.list_instances()}
+            try:
+                info = make_instance(start=False, disks=[], metadata=meta)
+                break
+            except InvalidSpec as exc:
+                key = (exc.field or "").removeprefix("InstanceSpec.").removeprefix("metadata.")
+                assert key in meta, f"metadata refused without naming the key: InvalidSpec(field={exc.field!r})"
+                assert {i.id for i in driver.list_instances()} == before, "refused metadata left an instance"
+                refused.append(key)
+                del meta[key]
+        got = agreed(driver, info.id).metadata
+        changed = {k: got.get(k) for k, v in meta.items() if got.get(k) != v}
+        assert not changed, f"metadata values not kept exactly (refused up front: {refused}): {changed}"
