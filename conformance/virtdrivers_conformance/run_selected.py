@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from virtdrivers import Driver
+from virtdrivers import Driver, EndpointHooks
 from virtdrivers_conformance.plugin import SESSION_KEY
 from virtdrivers_conformance.suite import ConformanceSuite
+from virtdrivers_conformance.suite.fixtures import EndpointUnderTest
 
 
 class TestSelectedDriver(ConformanceSuite):
@@ -19,3 +20,10 @@ class TestSelectedDriver(ConformanceSuite):
         session = request.config.stash[SESSION_KEY]
         assert session.driver is not None, "the conformance session has no driver (--vd-driver missing?)"
         return session.driver
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def endpoint(cls, request: pytest.FixtureRequest) -> EndpointUnderTest:
+        """The embedded endpoint's fault hooks with the settings it yielded; none for configured settings."""
+        session = request.config.stash[SESSION_KEY]
+        return EndpointUnderTest(hooks=session.hooks or EndpointHooks(), settings=dict(session.settings))
