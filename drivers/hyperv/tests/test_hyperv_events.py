@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +98,26 @@ def test_close_stops_the_event_threads(sim: Simulator) -> None:
     names = {t.name for t in threading.enumerate()}
     assert "hyperv-events" not in names
     assert "hyperv-poller" not in names
+
+
+def test_adopting_a_pet_is_no_event_and_pets_are_silent() -> None:
+    """Adoption changes who manages a VM, not its life: no created/started; a pet's own changes are no one's."""
+    pets = {"vms": [{"name": "pet-a", "state": 2}, {"name": "pet-b", "state": 2}]}
+    with Simulator(user="admin", password="pw-ev", https=True, inventory=pets) as sim, _driver(sim) as d:
+        got: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        with d.subscribe(got.put):
+            by_name = {p.name: p for p in d.list_unmanaged()}
+            adopted = d.adopt(by_name["pet-a"].id)
+            assert adopted.power_state == PowerState.RUNNING
+            with sim.model.lock:  # the other pet stops by itself: not ours to report
+                vm = sim.model.vm(by_name["pet-b"].id)
+                assert vm is not None
+                vm.state = OFF
+            time.sleep(1.0)  # several polls: the poller has seen pet-b stop
+            marker = d.create({"name": "marker", "vcpus": 1, "memory_mb": 128, "start": False})
+            d.power_off(adopted.id, force=True)
+            seen = []
+            while (event := got.get(timeout=30)).instance_id != adopted.id:
+                seen.append((event.instance_id, event.type))
+            assert (event.type, seen) == (EventType.STOPPED, [(marker.id, EventType.CREATED)])
+            assert got.empty()

@@ -24,6 +24,7 @@ from virtdrivers.errors import (
     InvalidSpec,
     InvalidState,
     NotFound,
+    NotSupported,
     Timeout,
 )
 from virtdrivers.objects import HAPriority, InstanceSpec, PowerState
@@ -160,6 +161,87 @@ def test_hostile_names_are_data(driver: HypervDriver, made: list[str], name: str
     assert snap.name == name
 
 
+HOSTILE_IDS = [
+    "'; Remove-VM * -Force; '",
+    "$(Stop-Computer -Force)",
+    "6bc328c0-f2b2-4e44-bbd1-6616623a60da'; Remove-VM *",
+    "6bc328c0-f2b2-4e44-bbd1-6616623a60da\n",
+    "../../etc/passwd",
+    "",
+    "x" * 5000,
+    "é漢🙂",
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS)
+def test_hostile_instance_ids_are_instance_not_found_before_any_script(driver: HypervDriver, bad: str) -> None:
+    """Hyper-V VM ids are GUIDs: anything else is refused in Python, so no script ever sees it."""
+    calls: dict[str, Any] = {
+        "get_instance": lambda: driver.get_instance(bad),
+        "destroy": lambda: driver.destroy(bad),
+        "power_on": lambda: driver.power_on(bad),
+        "power_off": lambda: driver.power_off(bad, force=True),
+        "reboot": lambda: driver.reboot(bad),
+        "pause": lambda: driver.pause(bad),
+        "resume": lambda: driver.resume(bad),
+        "resize": lambda: driver.resize(bad, vcpus=2),
+        "attach_disk": lambda: driver.attach_disk(bad, {"size_gib": 1}),
+        "detach_disk": lambda: driver.detach_disk(bad, "C:\\x.vhdx"),
+        "create_snapshot": lambda: driver.create_snapshot(bad, "s"),
+        "list_snapshots": lambda: driver.list_snapshots(bad),
+        "revert_snapshot": lambda: driver.revert_snapshot(bad, "6bc328c0-f2b2-4e44-bbd1-6616623a60da"),
+        "delete_snapshot": lambda: driver.delete_snapshot(bad, "6bc328c0-f2b2-4e44-bbd1-6616623a60da"),
+        "live_migrate": lambda: driver.live_migrate(bad),
+        "cold_migrate": lambda: driver.cold_migrate(bad, "HV-NODE2"),
+        "evacuate": lambda: driver.evacuate(bad, "HV-NODE2"),
+        "set_high_availability": lambda: driver.set_high_availability(bad, True),
+        "get_high_availability": lambda: driver.get_high_availability(bad),
+        "failover": lambda: driver.failover(bad),
+        "adopt": lambda: driver.adopt(bad),
+    }
+    before = driver.session.scripts_run
+    for op, call in calls.items():
+        with pytest.raises(InstanceNotFound):
+            call()
+        assert driver.session.scripts_run == before, f"{op} sent a script for id {bad!r}"
+
+
+def test_hostile_checkpoint_ids_and_node_names_are_data_or_not_found(
+    driver: HypervDriver, made: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = driver.create(_spec("hostile-refs", disks=[]))
+    made.append(info.id)
+    snap = driver.create_snapshot(info.id, "s1")
+    sent: list[str] = []
+    run = driver.session.run
+
+    def spy(name: str, args: dict[str, Any] | None = None, **kw: Any) -> Any:  # records, then really runs
+        sent.append(name)
+        return run(name, args, **kw)
+
+    monkeypatch.setattr(driver.session, "run", spy)
+    for bad in HOSTILE_IDS:
+        with pytest.raises(NotFound) as err:
+            driver.revert_snapshot(info.id, bad)
+        assert not isinstance(err.value, InstanceNotFound)
+        with pytest.raises(NotFound):
+            driver.delete_snapshot(info.id, bad)
+    assert set(sent) == {"get"}  # only read-only instance lookups: no checkpoint script saw a bad id
+    # A malformed checkpoint id on a missing instance is still InstanceNotFound first.
+    with pytest.raises(InstanceNotFound):
+        driver.revert_snapshot("00000000-0000-4000-8000-00000000dead", "'; x")
+    for node in ("'; Stop-Computer -Force; '", "$(Remove-VM *)", "HV-NODE2`nX"):
+        with pytest.raises(NotFound):
+            driver.live_migrate(info.id, node)
+        with pytest.raises(NotFound):
+            driver.host_resources(node)
+    # The checkpoint id in upper case or braces is the same GUID.
+    assert driver.revert_snapshot(info.id, "{" + snap.id.upper() + "}").id == info.id
+    assert [s.id for s in driver.list_snapshots(info.id)] == [snap.id]
+    after = driver.get_instance(info.id)
+    assert (after.name, after.node) == ("hostile-refs", info.node)
+
+
 def test_metadata_too_large_for_the_command_line_goes_over_stdin(driver: HypervDriver, made: list[str]) -> None:
     meta = {f"key-{i}": "v" * 1000 for i in range(40)}
     before = driver.session.round_trips["Send"]
@@ -209,6 +291,19 @@ def test_odd_memory_is_refused_before_the_backend(driver: HypervDriver) -> None:
     with pytest.raises(InvalidSpec) as err:
         driver.create(_spec("odd", memory_mb=257))
     assert err.value.field == "memory_mb"
+    assert driver.session.scripts_run == before
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "vmdk"])
+def test_other_disk_formats_are_refused_not_replaced_by_vhdx(driver: HypervDriver, fmt: str) -> None:
+    """Even with the capability guard lifted (a conformance probe), a raw disk is never made as a VHDX."""
+    before = driver.session.scripts_run
+    with driver.probing():
+        with pytest.raises(NotSupported) as err:
+            driver.create(_spec("fmt", disks=[{"size_gib": 1, "format": fmt}]))
+        assert err.value.capability == f"disk_{fmt}"
+        with pytest.raises(NotSupported):
+            driver.attach_disk("00000000-0000-4000-8000-00000000dead", {"size_gib": 1, "format": fmt})
     assert driver.session.scripts_run == before
 
 
@@ -281,6 +376,31 @@ def test_adopt_a_pet_keeps_its_notes(driver: HypervDriver) -> None:
     assert pet.id in {i.id for i in driver.list_instances()}
     with pytest.raises(InvalidState):
         driver.adopt(pet.id)
+
+
+def test_operations_meant_for_managed_instances_never_touch_a_pet(
+    driver: HypervDriver, endpoint: dict[str, Any]
+) -> None:
+    """A pet's id (a stale or mistaken one) is not ours: InstanceNotFound, and the pet is untouched."""
+    pet = {p.name: p for p in driver.list_unmanaged()}["pet-web-1"]
+    before = _state(endpoint)
+    attempts = {
+        "power_off": lambda: driver.power_off(pet.id, force=True),
+        "reboot": lambda: driver.reboot(pet.id, hard=True),
+        "pause": lambda: driver.pause(pet.id),
+        "suspend": lambda: driver.suspend(pet.id),
+        "resize": lambda: driver.resize(pet.id, memory_mb=512),
+        "attach_disk": lambda: driver.attach_disk(pet.id, {"size_gib": 1}),
+        "create_snapshot": lambda: driver.create_snapshot(pet.id, "s"),
+        "live_migrate": lambda: driver.live_migrate(pet.id),
+        "set_high_availability": lambda: driver.set_high_availability(pet.id, True),
+        "destroy": lambda: driver.destroy(pet.id),
+    }
+    for op, call in attempts.items():
+        with pytest.raises(InstanceNotFound):
+            call()
+        assert _state(endpoint) == before, f"{op} changed the pet"
+    assert {p.id for p in driver.list_unmanaged()} >= {pet.id}
 
 
 # -- migration and HA ---------------------------------------------------------------------------------
@@ -422,12 +542,12 @@ def test_dropped_connections_are_recovered(transport: str) -> None:
         with HypervDriver(settings, transport=transport, https=https, ca_file=str(sim.ca_file or "")) as d:
             assert d.list_nodes()
             sim.server.drop_connections()
-            assert len(d.list_nodes()) == 2
+            assert len(d.list_nodes()) == 3
             # NTLM: the sealed Command fails on the new connection (HTTP 400/401) and is retried on a new session.
             assert d.session.round_trips["Create"] == (2 if transport == "ntlm" else 1)
             sim.server.shells._shells.clear()
             sim.server.drop_connections()
-            assert len(d.list_nodes()) == 2
+            assert len(d.list_nodes()) == 3
 
 
 def test_create_cut_off_by_timeout_is_purged() -> None:
@@ -458,7 +578,7 @@ def test_evacuate_after_a_node_dies() -> None:
             assert d.evacuate(stopped.id, "HV-NODE1").node == "HV-NODE1"
 
             sim.model.fail_node("HV-NODE2")
-            assert {n.name: n.state for n in d.list_nodes()} == {"HV-NODE1": "up", "HV-NODE2": "down"}
+            assert {n.name: n.state for n in d.list_nodes()} == {"HV-NODE1": "up", "HV-NODE2": "down", "HV-NODE3": "up"}
             # The cluster restarted the clustered role elsewhere by itself.
             moved = d.get_instance(ha.id)
             assert (moved.node, moved.power_state) == ("HV-NODE1", PowerState.RUNNING)
@@ -480,8 +600,57 @@ def test_node_failure_knob_reaches_a_simulator_in_another_process() -> None:
 
     with run_simulator(https=True) as settings, HypervDriver(settings) as d:
         set_node_state(settings, "HV-NODE2", down=True)
-        assert {n.name: n.state for n in d.list_nodes()} == {"HV-NODE1": "up", "HV-NODE2": "down"}
+        assert {n.name: n.state for n in d.list_nodes()} == {"HV-NODE1": "up", "HV-NODE2": "down", "HV-NODE3": "up"}
         set_node_state(settings, "HV-NODE2", down=False)
         assert {n.state for n in d.list_nodes()} == {"up"}
         with pytest.raises(Exception, match="404"):
             set_node_state(settings, "NO-SUCH-NODE", down=True)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_simulator_killed_mid_call_ends_typed_and_the_driver_recovers(restart: bool) -> None:
+    """A WinRM service that dies under an in-flight script (the process killed, its sockets reset).
+
+    The call ends as BackendUnavailable at once, not as an AssertionError from signalling a
+    shell the lost connection took with it; the same driver object then works against a
+    service restarted on the same port, or keeps failing typed while nothing listens.
+    """
+    import threading
+    import time
+
+    from virtdrivers_hyperv.simulator.endpoint import simulator_process
+
+    inventory = {"migration_seconds": 5.0, "vms": []}
+    with simulator_process(https=False, inventory=inventory, password="pw-kill") as (proc, settings):
+        d = HypervDriver(settings, task_timeout=20)
+        d.connect()
+        try:
+            info = d.create(_spec("in-flight", node="HV-NODE1"))
+            outcome: dict[str, Any] = {}
+
+            def migrate() -> None:
+                t0 = time.monotonic()
+                try:
+                    d.live_migrate(info.id, "HV-NODE2")
+                except BaseException as exc:
+                    outcome["error"] = exc
+                outcome["seconds"] = time.monotonic() - t0
+
+            caller = threading.Thread(target=migrate)
+            caller.start()
+            time.sleep(1.0)  # the Receive loop is waiting on the 5 s migration
+            proc.kill()
+            proc.wait()
+            caller.join(timeout=30)
+            assert not caller.is_alive()
+            assert isinstance(outcome.get("error"), BackendUnavailable), outcome
+            assert outcome["seconds"] < d.settings.task_timeout
+            if not restart:
+                with pytest.raises(BackendUnavailable):
+                    d.list_nodes()
+                return
+            with simulator_process(https=False, password="pw-kill", port=settings["port"], inventory={"vms": []}):
+                assert len(d.list_nodes()) == 3
+                assert d.list_instances() == []  # the restarted service's (empty) inventory
+        finally:
+            d.close()

@@ -17,7 +17,16 @@ from typing import Any, ClassVar
 import virtdrivers
 from virtdrivers.capabilities import Capability, DiskFormat
 from virtdrivers.driver import Driver, EmbeddedEndpoint, EventCallback, ProgressCallback, Subscription
-from virtdrivers.errors import BackendUnavailable, DriverError, InstanceNotFound, InvalidSpec, InvalidState, Timeout
+from virtdrivers.errors import (
+    BackendUnavailable,
+    DriverError,
+    InstanceNotFound,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    NotSupported,
+    Timeout,
+)
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -49,10 +58,31 @@ def _check_id(instance_id: str) -> str:
         raise InstanceNotFound(str(instance_id)) from None
 
 
+def _check_snapshot_id(snapshot_id: str) -> str:
+    """Checkpoint ids are GUIDs too; a malformed one names no checkpoint ("" when malformed)."""
+    try:
+        return str(uuid.UUID(str(snapshot_id)))
+    except ValueError:
+        return ""
+
+
 def _check_memory(memory_mb: int | None) -> None:
     # Hyper-V: "The amount of memory assigned must be a multiple of 2 MB."
     if memory_mb is not None and memory_mb % 2:
         raise InvalidSpec("Hyper-V needs memory in multiples of 2 MB", field="memory_mb")
+
+
+def _check_formats(disks: Sequence[DiskSpec]) -> None:
+    """Every disk this driver makes is a VHDX: another format is refused, never silently replaced.
+
+    The core's capability guard already refuses undeclared formats; this holds when the
+    guard is lifted (the conformance suite's probes), so a probe sees the truth.
+    """
+    for disk in disks:
+        if disk.format is not None and disk.format != DiskFormat.VHDX:
+            raise NotSupported(
+                f"Hyper-V disks are vhdx, not {disk.format.value}", capability=Capability.for_disk_format(disk.format)
+            )
 
 
 class HypervDriver(Driver):
@@ -112,24 +142,29 @@ class HypervDriver(Driver):
         *,
         instance_id: str | None = None,
         session: HypervSession | None = None,
+        extra_time: float = 0.0,
     ) -> Any:
-        result = (session or self.session).run(script, args)
+        """Run one fixed script; ``extra_time`` lengthens its deadline by a wait the caller asked for."""
+        timeout = self.settings.task_timeout + extra_time if extra_time else None
+        result = (session or self.session).run(script, args, timeout=timeout)
         if result.exit_code != 0 or (result.stderr and not result.stdout):
             raise mapping.error_from(mapping.parse_clixml(result.stderr), instance_id=instance_id)
         return mapping.parse_output(result.stdout)
 
-    def _one(self, script: str, instance_id: str, **args: Any) -> Any:
-        items = mapping.as_list(self._run(script, {"id": instance_id, **args}, instance_id=instance_id))
+    def _one(self, script: str, instance_id: str, *, extra_time: float = 0.0, **args: Any) -> Any:
+        value = self._run(script, {"id": instance_id, **args}, instance_id=instance_id, extra_time=extra_time)
+        items = mapping.as_list(value)
         if not items:
             raise InstanceNotFound(instance_id)
         return items[0]
 
-    def _vm(self, script: str, instance_id: str, **args: Any) -> InstanceInfo:
-        return self._seen(mapping.instance_from(self._one(script, _check_id(instance_id), **args)))
+    def _vm(self, script: str, instance_id: str, *, extra_time: float = 0.0, **args: Any) -> InstanceInfo:
+        raw = self._one(script, _check_id(instance_id), extra_time=extra_time, **args)
+        return self._seen(mapping.instance_from(raw))
 
     def _seen(self, info: InstanceInfo) -> InstanceInfo:
         """Tell the event hub (if anyone listens) the state an operation just left."""
-        if self._events is not None and info.managed:
+        if self._events is not None:
             self._events.observe(info.id, info)
         return info
 
@@ -189,6 +224,7 @@ class HypervDriver(Driver):
 
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
         _check_memory(spec.memory_mb)
+        _check_formats(spec.disks)
         if progress:
             progress(0.0, "creating the VM, its VHDX disks and settings in one script")
         labels = {f"disk{i}.vhdx": d.label for i, d in enumerate(spec.disks) if d.label}
@@ -218,7 +254,6 @@ class HypervDriver(Driver):
         return info
 
     def destroy(self, instance_id: str) -> None:
-        self._managed(instance_id)
         vid = _check_id(instance_id)
         self._run("destroy", {"id": vid}, instance_id=instance_id)
         if self._events is not None:
@@ -228,8 +263,10 @@ class HypervDriver(Driver):
         return self._vm("start", instance_id)
 
     def power_off(self, instance_id: str, *, timeout: float = 60.0, force: bool = False) -> InstanceInfo:
+        # The guest gets ``timeout`` seconds (Wait-Job on Stop-VM -AsJob) before TurnOff; the
+        # script's own deadline grows by that wait so a patient caller is not cut off as late.
         wait = 0 if force else max(0, math.ceil(timeout))
-        return self._vm("stop", instance_id, timeout=wait, force=force or wait == 0)
+        return self._vm("stop", instance_id, extra_time=wait, timeout=wait, force=force or wait == 0)
 
     def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
         return self._vm("reboot", instance_id, hard=hard)
@@ -263,6 +300,7 @@ class HypervDriver(Driver):
     # -- storage ------------------------------------------------------------------------------------
 
     def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
+        _check_formats([disk])
         raw = self._one("get", _check_id(instance_id))
         info = mapping.instance_from(raw)
         if not info.managed:
@@ -282,27 +320,40 @@ class HypervDriver(Driver):
         return mapping.disk_from(value, {file: disk.label} if disk.label else None)
 
     def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
-        self._managed(instance_id)
         self._run("detach", {"id": _check_id(instance_id), "path": disk_id, "delete": delete}, instance_id=instance_id)
 
     # -- snapshots ------------------------------------------------------------------------------------
 
     def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
-        info = self._managed(instance_id)
-        value = self._run("checkpoint", {"id": info.id, "name": name, "memory": with_memory}, instance_id=info.id)
-        return mapping.snapshot_from(value, info.id)
+        vid = _check_id(instance_id)
+        value = self._run("checkpoint", {"id": vid, "name": name, "memory": with_memory}, instance_id=vid)
+        return mapping.snapshot_from(value, vid)
 
     def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
         vid = _check_id(instance_id)
         value = self._run("snapshots", {"id": vid}, instance_id=vid)
         return [mapping.snapshot_from(s, vid) for s in mapping.as_list(value)]
 
+    def _snapshot_id(self, instance_id: str, snapshot_id: str) -> tuple[str, str]:
+        """(instance id, checkpoint id), both in Hyper-V's grammar, or the right NotFound before any script.
+
+        A malformed checkpoint id is not sent; the instance is still looked up (read-only)
+        so that a missing instance is reported as InstanceNotFound, as for any other call.
+        """
+        vid = _check_id(instance_id)
+        sid = _check_snapshot_id(snapshot_id)
+        if not sid:
+            self._managed(vid)
+            raise NotFound(f"Hyper-V: no checkpoint {snapshot_id!r} on instance {vid}")
+        return vid, sid
+
     def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
-        return self._vm("revert", instance_id, sid=str(snapshot_id).lower())
+        vid, sid = self._snapshot_id(instance_id, snapshot_id)
+        return self._vm("revert", vid, sid=sid)
 
     def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
-        vid = _check_id(instance_id)
-        self._run("unsnapshot", {"id": vid, "sid": str(snapshot_id).lower()}, instance_id=vid)
+        vid, sid = self._snapshot_id(instance_id, snapshot_id)
+        self._run("unsnapshot", {"id": vid, "sid": sid}, instance_id=vid)
 
     # -- migration ------------------------------------------------------------------------------------
 
@@ -359,21 +410,26 @@ class HypervDriver(Driver):
 
     def adopt(self, instance_id: str) -> InstanceInfo:
         vid = _check_id(instance_id)
-        raw = self._one("get", vid)
+        raw = self._one("get", vid, any=True)  # the one lookup that may see a VM that is not ours
         info = mapping.instance_from(raw)
         if info.managed:
             raise InvalidState(f"{info.name!r} is managed already")
         notes = raw.get("Notes")
-        return self._vm("set_notes", vid, notes=mapping.encode_notes({}, {}, notes if isinstance(notes, str) else None))
+        original = notes if isinstance(notes, str) else None
+        return self._vm("set_notes", vid, any=True, notes=mapping.encode_notes({}, {}, original))
 
     # -- events ------------------------------------------------------------------------------------------
 
     def _poll_list(self) -> list[InstanceInfo]:
-        """The poller's listing, on its own WinRM session so it never waits behind the caller's."""
+        """The poller's listing of every VM, managed or not, on its own WinRM session.
+
+        Its own session so it never waits behind the caller's; unmanaged VMs included so
+        the hub knows a pet before it is adopted (see :class:`EventHub`).
+        """
         if self._poll_session is None:
             self._poll_session = HypervSession(self.settings)
         value = self._run("list", session=self._poll_session)
-        return [i for i in (mapping.instance_from(v) for v in mapping.as_list(value)) if i.managed]
+        return [mapping.instance_from(v) for v in mapping.as_list(value)]
 
     def subscribe(self, callback: EventCallback) -> Subscription:
         self.session  # noqa: B018  # refuse before starting threads when not connected

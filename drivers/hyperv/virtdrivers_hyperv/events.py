@@ -2,7 +2,8 @@
 
 A WinRM shell cannot carry WMI event subscriptions back to us, so events come from
 two sources: the driver reports what it just did (at once, exactly), and a poller
-thread with its own WinRM session runs the bulk listing script every
+thread with its own WinRM session runs the bulk listing script (all VMs, managed or
+not, so that an adoption is not mistaken for a creation) every
 ``event_poll_interval`` seconds to catch changes made elsewhere (Hyper-V Manager,
 cluster failover). Both feed one table of last-known states, so a change is reported
 once whichever source sees it first. Callbacks run on a dispatcher thread.
@@ -120,7 +121,15 @@ class EventHub:
         self._emit(instance_id, old, info)
 
     def _emit(self, instance_id: str, old: InstanceInfo | None, new: InstanceInfo | None) -> None:
+        """Queue the events from ``old`` to ``new``, for managed instances only.
+
+        The table holds unmanaged VMs too, so that adopting a pet (its Notes gain the
+        marker, nothing else changes) is a change of management and not a "created"
+        and "started": the guest was never restarted.
+        """
         ref = new or old
+        if ref is None or not ref.managed:
+            return
         for event in transitions(old, new):
             self._queue.put(
                 LifecycleEvent(

@@ -71,10 +71,15 @@ _NODES = (
     "{@(Get-ClusterNode|?{$_.State -eq 'Up'}|%{$_.Name})}else{@($env:COMPUTERNAME)}}\n"
 )
 
-# Find one VM by id on any node; a typed ObjectNotFound error when it is not there.
+# Find one VM by id on any node; a typed ObjectNotFound error when it is not there, or when it is
+# not ours (its Notes lack the virtdrivers marker) unless $a.any says so (adopt): a pet is never
+# started, stopped or deleted by an operation that was meant for a managed instance.
 _FIND = (
+    "function Test-VDMine($v){if(-not ($v.Notes -like '{*')){return $false};"
+    "try{$n=$v.Notes|ConvertFrom-Json}catch{return $false};$null -ne $n.virtdrivers}\n"
     "function Get-VDVM($id){$v=Get-VM -ComputerName (Get-VDNodes) -Id $id -EA 0;"
-    'if(-not $v){Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}\n'
+    "if(-not $v -or (-not $a.any -and -not (Test-VDMine $v))){"
+    'Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}\n'
 )
 
 # Projection of VMs with their disks; one Get-VHD call for every disk of every VM.

@@ -214,7 +214,8 @@ class HypervSession:
         from winrm.exceptions import WinRMOperationTimeoutError
 
         shell = self._shell
-        assert shell is not None
+        if shell is None:
+            raise BackendUnavailable("Hyper-V: the WinRM shell was lost")
         command_id: str = self._call("Command", lambda p: p.run_command(shell, command), retryable=True)
         out: list[bytes] = []
         err: list[bytes] = []
@@ -236,10 +237,14 @@ class HypervSession:
                 if done:
                     return ScriptResult(b"".join(out), b"".join(err), code)
         finally:
-            try:
-                self._call("Signal", lambda p: p.cleanup_command(shell, command_id))
-            except DriverError as exc:
-                log.debug("hyperv: signalling the end of a command failed: %s", exc)
+            # Tell the host the command is over (or to stop it). Not when the connection was
+            # just lost and reset under us: that shell is gone with it, and signalling it would
+            # hide the BackendUnavailable being raised.
+            if self._protocol is not None and self._shell == shell:
+                try:
+                    self._call("Signal", lambda p: p.cleanup_command(shell, command_id))
+                except DriverError as exc:
+                    log.debug("hyperv: signalling the end of a command failed: %s", exc)
 
     def _call(self, action: str, func: Any, *, retryable: bool = False) -> Any:
         """One WS-Management request, with pywinrm's and requests' errors translated.
@@ -258,7 +263,8 @@ class HypervSession:
         )
 
         protocol = self._protocol
-        assert protocol is not None
+        if protocol is None:  # reset by a failure earlier in this operation
+            raise BackendUnavailable("Hyper-V: the connection to the WinRM service was lost")
         self.round_trips[action] += 1
         try:
             result = func(protocol)

@@ -11,6 +11,7 @@ import math
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,20 @@ from virtdrivers import (
     AuthenticationFailed,
     BackendUnavailable,
     DiskSpec,
+    DriverError,
     EventType,
     HAPriority,
     InstanceNotFound,
     InstanceSpec,
+    InvalidSpec,
     InvalidState,
     LifecycleEvent,
     NotFound,
     PowerState,
 )
-from virtdrivers_vmware import VSphereDriver
+from virtdrivers_vmware import VSphereDriver, mapping
 from virtdrivers_vmware.simulator import Vcsim
+from virtdrivers_vmware.simulator.vcsim import set_fault
 from virtdrivers_vmware.simulator.wire import count_round_trips
 
 CLUSTERS = ("DC0_C0", "DC0_C1")
@@ -149,13 +153,20 @@ def test_driver_scoped_to_one_cluster(sim: Vcsim, driver: VSphereDriver) -> None
 
 
 def test_list_instances_costs_one_round_trip_per_page(sim: Vcsim, driver: VSphereDriver) -> None:
-    made = [driver.create(_spec(f"vmw-page-{i}", start=False)) for i in range(5)]
+    made = [
+        driver.create(_spec(f"vmw-page-{i}", start=False, disks=[DiskSpec(size_gib=2, label="boot")])) for i in range(5)
+    ]
     try:
         driver.list_instances()  # creates the session's container view once
         with count_round_trips() as rt:
             listed = driver.list_instances()
         assert {m.id for m in made} <= {i.id for i in listed}
         assert rt.by_method == {"RetrievePropertiesEx": 1}
+        # The same retrieval carries the devices: a listed instance is the instance, disks and all.
+        by_id = {i.id: i for i in listed}
+        for m in made:
+            assert by_id[m.id].model_dump() == driver.get_instance(m.id).model_dump()
+            assert [(d.size_gib, d.label) for d in by_id[m.id].disks] == [(2, "boot")]
         page = 3
         with VSphereDriver(sim.settings(), page_size=page) as paged:
             paged.list_instances()
@@ -286,6 +297,116 @@ def test_failed_create_leaves_nothing_behind(sim: Vcsim, driver: VSphereDriver, 
     assert name not in {i.name for i in driver.list_instances() + driver.list_unmanaged()}
     leftovers = [p for p in Path(sim.dir).rglob("*") if name in p.name]
     assert leftovers == []
+
+
+def test_create_whose_task_fails_after_making_the_vm_leaves_nothing(
+    sim: Vcsim, driver: VSphereDriver, admin: Any
+) -> None:
+    """The launcher's knob fails the CreateVM_Task after vcsim made the VM and its vmdk."""
+    name = "vmw-task-failed"
+    sim.faults(fail_next="CreateVM_Task", message="storage went away")
+    with pytest.raises(DriverError, match="storage went away") as err:
+        driver.create(_spec(name, disks=[DiskSpec(size_gib=1)]))
+    assert not isinstance(err.value, InvalidSpec)
+    assert name not in _vm_names(admin)
+    assert [p for p in Path(sim.dir).rglob("*") if name in p.name] == []
+    assert driver.create(_spec(name, start=False)).name == name  # the name is free again
+    driver.destroy(driver.find_instance(name).id)
+
+
+def test_fault_knobs_deaf_guest_and_dead_cluster(sim: Vcsim, driver: VSphereDriver) -> None:
+    info = driver.create(_spec("vmw-deaf"))
+    try:
+        sim.faults(ignore_acpi=info.id)
+        started = time.monotonic()
+        assert driver.power_off(info.id, timeout=1.5).power_state == PowerState.SHUTDOWN
+        assert time.monotonic() - started >= 1.5  # it waited for the guest, then forced
+        driver.power_on(info.id)
+        started = time.monotonic()
+        assert driver.power_off(info.id, timeout=30, force=True).power_state == PowerState.SHUTDOWN
+        assert time.monotonic() - started < 1.5  # force never waits
+        driver.power_on(info.id)
+        sim.faults(hear_acpi=info.id)
+        started = time.monotonic()
+        assert driver.power_off(info.id, timeout=30).power_state == PowerState.SHUTDOWN
+        assert time.monotonic() - started < 1.5  # a listening guest goes at once
+    finally:
+        driver.destroy(info.id)
+    sim.faults(cluster="DC0_C1", host_state="notResponding")
+    try:
+        assert {n.name: n.state for n in driver.list_nodes()} == {"DC0_C0": "up", "DC0_C1": "down"}
+        assert driver.host_resources("DC0_C1").vcpus_total == 0
+    finally:
+        sim.faults(cluster="DC0_C1", host_state="connected")
+    assert {n.state for n in driver.list_nodes()} == {"up"}
+    with pytest.raises(BackendUnavailable, match="400"):
+        sim.faults(cluster="no-such-cluster", host_state="notResponding")
+    wrong = {**sim.settings(), "password": "not-it"}
+    with pytest.raises(BackendUnavailable, match="401"):
+        set_fault(wrong, ignore_acpi="vm-1")
+
+
+# -- hostile input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_id", ["a<b>&c", "", "vm-1 ", "../vm-1", "vm-1\x00", "x" * 200])
+def test_malformed_ids_name_no_instance_and_never_reach_the_wire(driver: VSphereDriver, bad_id: str) -> None:
+    with count_round_trips() as rt:
+        for op in (driver.get_instance, driver.destroy, driver.power_on, driver.list_snapshots, driver.adopt):
+            with pytest.raises(InstanceNotFound) as err:
+                op(bad_id)
+            assert err.value.ref == bad_id
+        with pytest.raises(InstanceNotFound):
+            driver.resize(bad_id, vcpus=2)
+    assert rt.total == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("..", "directory"),  # its vmdk would land outside the VM's directory
+        (".", "directory"),
+        ("\N{GRINNING FACE}" * 64, "255 bytes"),  # 256 bytes of UTF-8: no file can be named after it
+        ("%" * 30, "80 characters"),  # 90 characters once escaped
+    ],
+)
+def test_names_vsphere_would_mangle_are_refused_up_front(driver: VSphereDriver, name: str, why: str) -> None:
+    with count_round_trips() as rt, pytest.raises(InvalidSpec, match=why) as err:
+        driver.create(_spec(name, start=False, disks=[DiskSpec(size_gib=1)]))
+    assert err.value.field == "name"
+    assert rt.total == 0
+
+
+@pytest.mark.parametrize("name", ["a%25b%2f", "100%", "%5c %2F%", "\N{GRINNING FACE}" * 40])
+def test_names_with_escapes_round_trip_exactly(sim: Vcsim, driver: VSphereDriver, admin: Any, name: str) -> None:
+    info = driver.create(_spec(name, start=False, disks=[DiskSpec(size_gib=1)]))
+    try:
+        assert info.name == name
+        assert driver.find_instance(name).id == info.id
+        assert [i.name for i in driver.list_instances() if i.id == info.id] == [name]
+        with pytest.raises(InvalidSpec) as err:
+            driver.create(_spec(name, start=False))
+        assert err.value.field == "name"
+    finally:
+        driver.destroy(info.id)
+    assert [p for p in Path(sim.dir).rglob("*") if p.name.startswith(mapping.escaped_name(name))] == []
+
+
+@pytest.mark.parametrize("value", ["line\r\nbreak", "bell\x07", "nul\x00", "ff\x0c"])
+def test_metadata_the_wire_would_alter_is_refused_with_its_field(driver: VSphereDriver, value: str) -> None:
+    with count_round_trips() as rt, pytest.raises(InvalidSpec) as err:
+        driver.create(_spec("vmw-meta-bad", start=False, metadata={"note": value}))
+    assert err.value.field == "metadata.note"
+    assert rt.total == 0
+
+
+def test_metadata_tabs_newlines_and_markup_round_trip(driver: VSphereDriver) -> None:
+    meta = {"note": "two\nlines\tand a tab", "xml": "<a href='x'>&amp;</a>", "c1": "next\x85line"}
+    info = driver.create(_spec("vmw-meta-ok", start=False, metadata=meta))
+    try:
+        assert driver.get_instance(info.id).metadata == meta
+    finally:
+        driver.destroy(info.id)
 
 
 def test_unmanaged_vms_are_left_alone_until_adopted(driver: VSphereDriver) -> None:

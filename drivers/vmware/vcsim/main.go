@@ -5,27 +5,38 @@
 // a certificate of its own (reused across restarts when -cert and -key exist, so a
 // client can keep trusting it), prints one JSON line describing the endpoint and runs
 // until its stdin closes or it receives SIGTERM/SIGINT.
+//
+// It also serves fault knobs at POST /vdvcsim/faults (Basic auth with the login
+// user and password), which the conformance suite's endpoint hooks use to make
+// the simulator misbehave the way a vCenter can: a task that fails after it made
+// its VM, a guest that ignores ShutdownGuest, a cluster whose hosts stop responding.
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"encoding/xml"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/signal"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +45,7 @@ import (
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -108,12 +120,25 @@ func main() {
 			vm.Config.ExtraConfig = append(vm.Config.ExtraConfig, &types.OptionValue{Key: *markManaged, Value: "true"})
 		}
 	}
+	// vcsim 0.24 gives a snapshot a shallow copy of its VM's config: the device list shares
+	// its array with the VM's, so removing a disk later rewrites what older snapshots say
+	// they hold. vCenter's snapshot config never changes; copy it when the snapshot is made.
+	simulator.Map.AddHandler(snapshotCopier{})
 	if *paging {
 		// Sessions get their own copy of this type (vcsim instantiates it by reflection).
 		pc := &pagingCollector{}
 		pc.Self = model.ServiceContent.PropertyCollector
 		simulator.Map.Put(pc)
 	}
+
+	// The fault knobs: registered on the service's mux before NewServer adds vcsim's own
+	// handlers. Host-specific patterns take precedence over vcsim's "/sdk", so SOAP calls
+	// to 127.0.0.1 pass through the knobs first and on to vcsim unchanged unless one is armed.
+	knobs := &faultKnobs{svc: model.Service, user: *user, password: *password, deaf: map[string]bool{}, failNext: map[string]string{}}
+	model.Service.ServeMux = http.NewServeMux()
+	model.Service.ServeMux.HandleFunc("/vdvcsim/faults", knobs.serveFaults)
+	model.Service.ServeMux.HandleFunc("127.0.0.1/sdk", knobs.serveSDK)
+	model.Service.ServeMux.HandleFunc("localhost/sdk", knobs.serveSDK)
 
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	model.Service.Listen = &url.URL{
@@ -276,3 +301,247 @@ func (pc *pagingCollector) CancelRetrievePropertiesEx(r *types.CancelRetrievePro
 	pages.Unlock()
 	return &methods.CancelRetrievePropertiesExBody{Res: new(types.CancelRetrievePropertiesExResponse)}
 }
+
+// faultKnobs are the simulator's fault injection, set over HTTP by the endpoint hooks.
+//
+// vcsim 0.24 has no fault injection of its own beyond method delays, so the knobs sit in
+// front of its SOAP handler: they look at the method and its _this, and either pass the
+// call on untouched or change what vcsim did in a way a real vCenter can also show.
+type faultKnobs struct {
+	svc      *simulator.Service
+	user     string
+	password string
+
+	mu sync.Mutex
+	// failNext: task method -> message. The next call of that method runs for real, then
+	// its task ends in error (a CreateVM_Task whose VM and disks exist, as when a vCenter
+	// loses the host or the connection midway).
+	failNext map[string]string
+	// deaf: VM ids whose guest accepts ShutdownGuest and ignores it, as a guest that has
+	// Tools but no working ACPI shutdown does. vcsim's own ShutdownGuest always powers off.
+	deaf map[string]bool
+}
+
+type faultRequest struct {
+	FailNext   string `json:"fail_next"`   // a *_Task method name
+	Message    string `json:"message"`     // the fault text for fail_next
+	IgnoreACPI string `json:"ignore_acpi"` // a VM managed object id
+	HearACPI   string `json:"hear_acpi"`   // a VM managed object id
+	Cluster    string `json:"cluster"`     // a cluster name, with HostState
+	HostState  string `json:"host_state"`  // connected | notResponding | disconnected
+}
+
+func (k *faultKnobs) serveFaults(w http.ResponseWriter, r *http.Request) {
+	user, password, ok := r.BasicAuth()
+	if !ok || subtle.ConstantTimeCompare([]byte(user), []byte(k.user)) != 1 ||
+		subtle.ConstantTimeCompare([]byte(password), []byte(k.password)) != 1 {
+		w.Header().Set("WWW-Authenticate", `Basic realm="vdvcsim"`)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST a JSON fault request", http.StatusMethodNotAllowed)
+		return
+	}
+	var req faultRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+		http.Error(w, "bad JSON: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	k.mu.Lock()
+	if req.FailNext != "" {
+		if !strings.HasSuffix(req.FailNext, "_Task") {
+			k.mu.Unlock()
+			http.Error(w, "fail_next takes a task method (…_Task)", http.StatusBadRequest)
+			return
+		}
+		msg := req.Message
+		if msg == "" {
+			msg = "vdvcsim: injected failure after the task did its work"
+		}
+		k.failNext[req.FailNext] = msg
+	}
+	if req.IgnoreACPI != "" {
+		k.deaf[req.IgnoreACPI] = true
+	}
+	if req.HearACPI != "" {
+		delete(k.deaf, req.HearACPI)
+	}
+	k.mu.Unlock()
+	if req.Cluster != "" {
+		if err := setClusterHostState(req.Cluster, req.HostState); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte("{}\n"))
+}
+
+// setClusterHostState makes every host of a cluster look as a vCenter shows a dead (or revived) host.
+func setClusterHostState(cluster, state string) error {
+	var want types.HostSystemConnectionState
+	switch state {
+	case string(types.HostSystemConnectionStateConnected), string(types.HostSystemConnectionStateNotResponding),
+		string(types.HostSystemConnectionStateDisconnected):
+		want = types.HostSystemConnectionState(state)
+	default:
+		return fmt.Errorf("host_state must be connected, notResponding or disconnected, not %q", state)
+	}
+	for _, e := range simulator.Map.All("ClusterComputeResource") {
+		c, ok := e.(*simulator.ClusterComputeResource)
+		if !ok || c.Name != cluster {
+			continue
+		}
+		for _, ref := range c.Host {
+			host, ok := simulator.Map.Get(ref).(*simulator.HostSystem)
+			if !ok {
+				continue
+			}
+			simulator.Map.WithLock(host, func() {
+				simulator.Map.Update(host, []types.PropertyChange{{Name: "runtime.connectionState", Val: want}})
+			})
+		}
+		return nil
+	}
+	return fmt.Errorf("no cluster named %q", cluster)
+}
+
+// soapCall is just enough of a SOAP request to know its method and target.
+type soapCall struct {
+	Body struct {
+		Call struct {
+			XMLName xml.Name
+			This    string `xml:"_this"`
+		} `xml:",any"`
+	} `xml:"Body"`
+}
+
+const shutdownIgnored = `<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><ShutdownGuestResponse xmlns="urn:vim25"></ShutdownGuestResponse></soapenv:Body></soapenv:Envelope>`
+
+func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		k.svc.ServeSDK(w, r)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var call soapCall
+	if xml.Unmarshal(body, &call) != nil {
+		k.svc.ServeSDK(w, r) // let vcsim answer the malformed request its own way
+		return
+	}
+	method, this := call.Body.Call.XMLName.Local, call.Body.Call.This
+
+	k.mu.Lock()
+	deaf := method == "ShutdownGuest" && k.deaf[this]
+	msg, fail := k.failNext[method]
+	if fail {
+		delete(k.failNext, method)
+	}
+	k.mu.Unlock()
+
+	if deaf && poweredOn(this) {
+		// The request reaches the guest, which does nothing: vCenter answers at once either way.
+		// (Answered here without vcsim's session check; only VMs a hook made deaf get this.)
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(shutdownIgnored))
+		return
+	}
+	if !fail {
+		k.svc.ServeSDK(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	k.svc.ServeSDK(rec, r)
+	if rec.Code == http.StatusOK {
+		failTask(taskOf(rec.Body.Bytes()), msg)
+	}
+	for name, values := range rec.Header() {
+		w.Header()[name] = values
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
+}
+
+func poweredOn(vmID string) bool {
+	vm, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: vmID}).(*simulator.VirtualMachine)
+	if !ok {
+		return false
+	}
+	on := false
+	simulator.Map.WithLock(vm, func() { on = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn })
+	return on
+}
+
+// taskOf is the Task id a *_Task response returns.
+func taskOf(response []byte) string {
+	var res struct {
+		Body struct {
+			Response struct {
+				Returnval string `xml:"returnval"`
+			} `xml:",any"`
+		} `xml:"Body"`
+	}
+	if xml.Unmarshal(response, &res) != nil {
+		return ""
+	}
+	return res.Body.Response.Returnval
+}
+
+// failTask turns a finished task into a failed one, leaving whatever it made in place.
+func failTask(id, msg string) {
+	if id == "" {
+		return
+	}
+	task, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: id}).(*simulator.Task)
+	if !ok {
+		return
+	}
+	fault := types.LocalizedMethodFault{Fault: &types.SystemError{Reason: msg}, LocalizedMessage: msg}
+	simulator.Map.WithLock(task, func() {
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.state", Val: types.TaskInfoStateError},
+			{Name: "info.error", Val: fault},
+		})
+	})
+}
+
+// snapshotCopier deep-copies each new snapshot's device list and extraConfig (see main).
+type snapshotCopier struct{}
+
+func (snapshotCopier) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VdvcsimHandler", Value: "snapshot-copier"}
+}
+
+func (snapshotCopier) PutObject(obj mo.Reference) {
+	snap, ok := obj.(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return
+	}
+	devices := make([]types.BaseVirtualDevice, len(snap.Config.Hardware.Device))
+	for i, d := range snap.Config.Hardware.Device {
+		// Each device is a pointer to a struct: copy the struct, so edits in place stay the VM's.
+		v := reflect.ValueOf(d)
+		if v.Kind() == reflect.Ptr && !v.IsNil() {
+			c := reflect.New(v.Elem().Type())
+			c.Elem().Set(v.Elem())
+			devices[i] = c.Interface().(types.BaseVirtualDevice)
+		} else {
+			devices[i] = d
+		}
+	}
+	snap.Config.Hardware.Device = devices
+	snap.Config.ExtraConfig = append([]types.BaseOptionValue(nil), snap.Config.ExtraConfig...)
+}
+
+func (snapshotCopier) UpdateObject(mo.Reference, []types.PropertyChange) {}
+
+func (snapshotCopier) RemoveObject(types.ManagedObjectReference) {}

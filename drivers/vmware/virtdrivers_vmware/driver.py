@@ -13,11 +13,13 @@ import contextlib
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from virtdrivers.capabilities import Capability, DiskFormat
-from virtdrivers.driver import Driver, EmbeddedEndpoint, EventCallback, ProgressCallback, Subscription
+from virtdrivers.driver import Driver, EventCallback, ProgressCallback, Subscription
+from virtdrivers.endpoint import EmbeddedEndpoint, Evidence
 from virtdrivers.errors import DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
 from virtdrivers.objects import (
     Aggregate,
@@ -49,12 +51,24 @@ _TOPOLOGY = {
     "Datastore": mapping.DATASTORE_PROPERTIES,
 }
 _INVENTORY = {**_TOPOLOGY, "VirtualMachine": mapping.VM_LIST_PROPERTIES}
+#: The inventory with everything InstanceInfo shows per VM (devices too), for the listings.
+_LISTING = {**_TOPOLOGY, "VirtualMachine": mapping.VM_INFO_PROPERTIES}
 
 
 def _vcsim_endpoint() -> Any:
     from virtdrivers_vmware.simulator import vcsim_endpoint
 
-    return vcsim_endpoint(vms=1)
+    # Three clusters, so a move to a named node is not the only other node there is.
+    return vcsim_endpoint(clusters=3, hosts=2, vms=1)
+
+
+def _duplicate(exc: DriverError) -> bool:
+    """Whether a create failed because the name is taken.
+
+    vCenter refuses a second VM of one name in a folder (DuplicateName); vcsim 0.24 does not,
+    but the second create of one name finds the first one's .vmx in place (FileAlreadyExists).
+    """
+    return "DuplicateName" in str(exc) or "FileAlreadyExists" in str(exc)
 
 
 class VSphereDriver(Driver):
@@ -86,12 +100,19 @@ class VSphereDriver(Driver):
 
     @classmethod
     def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
+        # The simulator module imports no SDK: listing endpoints stays cheap.
+        from virtdrivers_vmware.simulator.vcsim import VCSIM_HOOKS
+
         return (
             EmbeddedEndpoint(
                 "vcsim",
                 "govmomi's vCenter simulator over HTTPS on 127.0.0.1: 1 datacenter, "
-                "2 clusters of 2 hosts, 1 unmanaged VM per cluster",
+                "3 clusters of 2 hosts, 1 unmanaged VM per cluster, a random password",
                 _vcsim_endpoint,
+                # vcsim is VMware's own simulator; it names itself and its govmomi version in
+                # backend_info(), so the column needs no backend of ours.
+                evidence=Evidence.VENDOR_SIMULATOR,
+                hooks=VCSIM_HOOKS,
             ),
         )
 
@@ -100,6 +121,8 @@ class VSphereDriver(Driver):
         self._session: Session | None = None
         self._subs_lock = threading.Lock()
         self._watchers: set[Any] = set()
+        #: Per-name locks of creates in flight, with how many creates hold or wait for each.
+        self._name_locks: dict[str, tuple[threading.Lock, int]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -111,6 +134,13 @@ class VSphereDriver(Driver):
         return self._session
 
     def _call(self, what: str, fn: Callable[[Any], T], *, idempotent: bool = False, ref: str | None = None) -> T:
+        """Run ``fn`` in the session; ``ref`` is the instance it is about, checked before anything is sent.
+
+        An id that cannot be a managed object id ("a<b>&c") would otherwise reach the server's
+        XML parser and come back as a malformed request; it simply names no instance.
+        """
+        if ref is not None and not mapping.is_moid(ref):
+            raise InstanceNotFound(ref, f"vsphere: {ref!r} is not a managed object id")
         return self._s.call(what, fn, idempotent=idempotent, ref=ref)
 
     def _ref(self, content: Any, kind: str, moid: str) -> Any:
@@ -118,9 +148,11 @@ class VSphereDriver(Driver):
 
         return getattr(vim, kind)(moid, content.propertyCollector._stub)
 
-    def _inventory(self, content: Any, *, with_vms: bool = True) -> mapping.Inventory:
-        view = self._s.view(content, tuple(_INVENTORY if with_vms else _TOPOLOGY))
-        return mapping.build_inventory(self._s.retrieve(content, view, dict(_INVENTORY if with_vms else _TOPOLOGY)))
+    def _inventory(self, content: Any, *, with_vms: bool = True, full: bool = False) -> mapping.Inventory:
+        """Topology (and VMs) in one paged retrieval; ``full`` adds every VM's devices, for InstanceInfo."""
+        props = _LISTING if full else _INVENTORY if with_vms else _TOPOLOGY
+        view = self._s.view(content, tuple(props))
+        return mapping.build_inventory(self._s.retrieve(content, view, dict(props)))
 
     def _with_topology(
         self, content: Any, vm_id: str, paths: Sequence[str]
@@ -233,10 +265,14 @@ class VSphereDriver(Driver):
     # -- mandatory core ------------------------------------------------------------------------
 
     def list_instances(self) -> list[InstanceInfo]:
-        """Every managed VM in scope from one paged RetrievePropertiesEx (one round trip per page)."""
+        """Every managed VM in scope from one paged RetrievePropertiesEx (one round trip per page).
+
+        The devices come in the same retrieval, so each entry has its disks and equals what
+        get_instance says of the same VM.
+        """
 
         def read(content: Any) -> list[InstanceInfo]:
-            inv = self._inventory(content)
+            inv = self._inventory(content, full=True)
             return [
                 mapping.instance_info(oid, props, inv)
                 for oid, props in inv.vms.items()
@@ -254,8 +290,13 @@ class VSphereDriver(Driver):
                 return info
         raise InstanceNotFound(name)
 
+    def check_name(self, name: str) -> None:
+        super().check_name(name)
+        mapping.check_vm_name(name)
+
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
         report = progress or (lambda fraction, message: None)
+        mapping.check_metadata(spec.metadata)
 
         def plan(content: Any) -> tuple[mapping.ClusterRow, str, mapping.DatacenterRow]:
             inv = self._inventory(content)
@@ -278,24 +319,28 @@ class VSphereDriver(Driver):
                 raise InvalidState(f"vsphere: no datacenter VM folder found for {cluster.name!r}")
             return cluster, store.name, dc
 
-        cluster, datastore, dc = self._call("plan create", plan, idempotent=True)
-        report(0.1, f"creating {spec.name} in {cluster.name} on {datastore}")
-        config = mapping.create_spec(spec, datastore=datastore)
-
         def make(content: Any) -> str:
             folder = self._ref(content, "Folder", dc.vm_folder or "")
             pool = self._ref(content, "ResourcePool", cluster.resource_pool or "")
             vm = self._task(content, folder.CreateVM_Task(config, pool), f"create {spec.name}")
             return str(vm._moId)
 
-        try:
-            vm_id = self._call(f"create {spec.name}", make)
-        except InvalidSpec:
-            raise
-        except DriverError as exc:
-            if "DuplicateName" in str(exc):
-                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
-            raise
+        # vCenter refuses a second VM of one name in a folder, but between our check and its
+        # create another thread of this driver may create it: creates of one name take turns.
+        with self._claim_name(spec.name):
+            cluster, datastore, dc = self._call("plan create", plan, idempotent=True)
+            report(0.1, f"creating {spec.name} in {cluster.name} on {datastore}")
+            token = str(uuid.uuid4())
+            config = mapping.create_spec(spec, datastore=datastore, instance_uuid=token)
+            try:
+                vm_id = self._call(f"create {spec.name}", make)
+            except BaseException as exc:
+                # A task can fail after it made the VM and its disks, and a lost answer leaves us
+                # not knowing: whatever carries our instance UUID is ours to remove.
+                self._remove_made(token)
+                if isinstance(exc, DriverError) and _duplicate(exc):
+                    raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
+                raise
         try:
             report(0.6, "created")
             if spec.start:
@@ -311,6 +356,38 @@ class VSphereDriver(Driver):
             raise
         report(1.0, "created")
         return info
+
+    @contextlib.contextmanager
+    def _claim_name(self, name: str) -> Iterator[None]:
+        """Hold the per-name lock of this driver while checking a name is free and taking it."""
+        with self._subs_lock:
+            lock, users = self._name_locks.get(name, (threading.Lock(), 0))
+            self._name_locks[name] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._subs_lock:
+                lock, users = self._name_locks[name]
+                if users == 1:
+                    del self._name_locks[name]
+                else:
+                    self._name_locks[name] = (lock, users - 1)
+
+    def _remove_made(self, token: str) -> None:
+        """Remove the VM a failed create may have left, found by the instance UUID we gave it."""
+
+        def find(content: Any) -> str | None:
+            return mapping.moid(content.searchIndex.FindByUuid(None, token, True, True))
+
+        try:
+            vm_id = self._call("find half-created VM", find, idempotent=True)
+        except DriverError as exc:
+            log.error("vsphere: could not look for a half-created VM (instance UUID %s): %s", token, exc)
+            return
+        if vm_id is not None:
+            log.info("vsphere: removing %s, left by a failed create", vm_id)
+            self._remove(vm_id)
 
     def _remove(self, vm_id: str) -> None:
         """Best-effort removal of a VM we just made (power off, then Destroy_Task with its files)."""
@@ -565,8 +642,8 @@ class VSphereDriver(Driver):
 
         vSphere leaves a VM powered off after reverting to a disk-only snapshot and as it
         was after a memory snapshot; vcsim 0.24 changes neither power state nor hardware.
-        So the snapshot's recorded size and power state are checked and applied when the
-        server did not (a no-op on a real vCenter).
+        So the snapshot's recorded size, disks and power state are checked and applied when
+        the server did not (a no-op on a real vCenter).
         """
         vim, _ = sdk()
 
@@ -576,15 +653,23 @@ class VSphereDriver(Driver):
             self._task(content, snap.RevertToSnapshot_Task(), "revert snapshot")
             vm = self._ref(content, "VirtualMachine", instance_id)
             saved = mapping.props_of(
-                self._s.retrieve_objects(content, [snap], ["config.hardware.numCPU", "config.hardware.memoryMB"])[0]
+                self._s.retrieve_objects(
+                    content, [snap], ["config.hardware.numCPU", "config.hardware.memoryMB", "config.hardware.device"]
+                )[0]
             )
-            props, _ = self._managed(content, instance_id, mapping.VM_LIST_PROPERTIES)
+            props, _ = self._managed(content, instance_id, mapping.VM_INFO_PROPERTIES)
             spec = vim.vm.ConfigSpec()
             changed = False
             if saved.get("config.hardware.numCPU") not in (None, props.get("config.hardware.numCPU")):
                 spec.numCPUs, changed = saved["config.hardware.numCPU"], True
             if saved.get("config.hardware.memoryMB") not in (None, props.get("config.hardware.memoryMB")):
                 spec.memoryMB, changed = saved["config.hardware.memoryMB"], True
+            if "config.hardware.device" in saved:
+                disks = mapping.restore_disk_changes(
+                    saved["config.hardware.device"], props.get("config.hardware.device")
+                )
+                if disks:
+                    spec.deviceChange, changed = disks, True
             state = props.get("runtime.powerState")
             wanted = (row.state or "poweredOn") if row.with_memory else "poweredOff"
             if changed and state != "poweredOff":
@@ -712,9 +797,7 @@ class VSphereDriver(Driver):
         """VMs without our mark, with their disks: what adopting them would take over."""
 
         def read(content: Any) -> list[InstanceInfo]:
-            inventory: dict[str, Sequence[str]] = {**_INVENTORY, "VirtualMachine": mapping.VM_DETAIL_PROPERTIES}
-            view = self._s.view(content, tuple(inventory))
-            inv = mapping.build_inventory(self._s.retrieve(content, view, inventory))
+            inv = self._inventory(content, full=True)
             return [
                 mapping.instance_info(oid, props, inv)
                 for oid, props in inv.vms.items()

@@ -57,7 +57,7 @@ MAX_SCSI_UNITS = 16
 
 HYPERVISOR_TYPE = "vmware"
 
-#: VM properties fetched per instance by the bulk inventory: exactly what InstanceInfo needs.
+#: VM properties the placement decisions read for every VM (power, size, host) plus name and marks.
 VM_LIST_PROPERTIES = (
     "name",
     "runtime.powerState",
@@ -66,8 +66,11 @@ VM_LIST_PROPERTIES = (
     "runtime.host",
     "config.extraConfig",
 )
-#: One instance in full adds its devices (for disks).
-VM_DETAIL_PROPERTIES = (*VM_LIST_PROPERTIES, "config.hardware.device", "config.files.vmPathName")
+#: Everything an InstanceInfo shows: the placement properties plus the devices (for disks). The
+#: bulk listing fetches these too, so a listed instance equals the same instance read alone.
+VM_INFO_PROPERTIES = (*VM_LIST_PROPERTIES, "config.hardware.device")
+#: One instance in full adds where its files are (to place new disks next to them).
+VM_DETAIL_PROPERTIES = (*VM_INFO_PROPERTIES, "config.files.vmPathName")
 HOST_PROPERTIES = (
     "name",
     "parent",
@@ -89,11 +92,62 @@ _POWER = {
 
 
 _ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
+#: vSphere's limit on an (escaped) inventory name.
+MAX_VSPHERE_NAME = 80
+#: A VM's directory holds files named after it ("<name>-Snapshot12.vmsn"): with room for the
+#: longest suffix, file names stay within the 255 bytes a datastore's file system allows.
+MAX_NAME_BYTES = 255 - len("-Snapshot999.vmsn")
+#: A managed object id: "vm-42", "domain-c7", an ESXi host's "12". Anything else never reaches the wire.
+_MOID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+#: What XML 1.0 cannot carry in text, or carries changed ('\r' arrives as '\n'): refused in metadata.
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b-\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def vm_name(value: object) -> str:
     """A VM name as given: vCenter stores '/', '\\' and '%' escaped as %2f, %5c and %25."""
     return _ESCAPES.sub(lambda m: bytes.fromhex(m.group(1)).decode(), str(value or ""))
+
+
+def escaped_name(name: str) -> str:
+    """The name as vCenter stores it, so that :func:`vm_name` gives ``name`` back exactly.
+
+    vCenter escapes '%', '/' and '\\' itself but leaves a '%' that starts an escape
+    sequence alone, so a name such as "a%25b" would come back as "a%b": we escape first.
+    """
+    return name.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
+
+
+def check_vm_name(name: str) -> None:
+    """Refuse, before any call, a name vSphere would store differently or cannot store at all."""
+    if name in (".", ".."):
+        raise InvalidSpec(f"{name!r} names a directory on the datastore, not a VM", field="name")
+    stored = escaped_name(name)
+    if len(stored) > MAX_VSPHERE_NAME:
+        raise InvalidSpec(
+            f"vSphere names are at most {MAX_VSPHERE_NAME} characters with '%' escaped (this one has {len(stored)})",
+            field="name",
+        )
+    if len(stored.encode()) > MAX_NAME_BYTES:
+        raise InvalidSpec(
+            f"the VM's file names would exceed 255 bytes: at most {MAX_NAME_BYTES} bytes of UTF-8 in a name",
+            field="name",
+        )
+
+
+def check_metadata(metadata: Mapping[str, str]) -> None:
+    """Refuse metadata values the SOAP wire would lose or alter (control characters, '\\r')."""
+    for key, value in metadata.items():
+        if _XML_UNSAFE.search(value):
+            raise InvalidSpec(
+                f"metadata {key!r}: control characters (other than tab and newline) and carriage "
+                "returns do not survive vSphere's XML",
+                field=f"metadata.{key}",
+            )
+
+
+def is_moid(value: str) -> bool:
+    """Whether ``value`` could be a managed object id at all."""
+    return _MOID.fullmatch(value) is not None
 
 
 def power_state(value: str | None) -> PowerState:
@@ -451,6 +505,24 @@ def disks_of(devices: Sequence[Any] | None, extra: Mapping[str, str] | None = No
     return tuple(out)
 
 
+def restore_disk_changes(saved: Sequence[Any] | None, current: Sequence[Any] | None) -> list[Any]:
+    """Device changes that give a VM back the disks a snapshot recorded, matched by backing file.
+
+    Disks added since the snapshot are detached, not deleted: a newer snapshot may still
+    hold them. Disks removed since come back on their old controller slot, from the file
+    the snapshot still references. Removals come first so their slots are free.
+    """
+    vim, _ = sdk()
+
+    def files(devices: Sequence[Any] | None) -> dict[str, Any]:
+        return {str(d.backing.fileName): d for d in devices or () if is_disk(d)}
+
+    before, now = files(saved), files(current)
+    changes = [vim.vm.device.VirtualDeviceSpec(operation="remove", device=d) for f, d in now.items() if f not in before]
+    changes += [vim.vm.device.VirtualDeviceSpec(operation="add", device=d) for f, d in before.items() if f not in now]
+    return changes
+
+
 def label_key(file_name: str) -> str:
     """extraConfig keys allow letters, digits, dots, dashes and underscores only."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", file_name.rsplit("/", 1)[-1])
@@ -505,8 +577,12 @@ def label_options(labels: Mapping[str, str | None]) -> list[Any]:
     return [vim.option.OptionValue(key=LABEL_PREFIX + label_key(f), value=v or "") for f, v in labels.items()]
 
 
-def create_spec(spec: InstanceSpec, *, datastore: str) -> Any:
-    """The ConfigSpec for CreateVM_Task: hardware, a paravirtual SCSI bus, disks and our marks."""
+def create_spec(spec: InstanceSpec, *, datastore: str, instance_uuid: str | None = None) -> Any:
+    """The ConfigSpec for CreateVM_Task: hardware, a paravirtual SCSI bus, disks and our marks.
+
+    ``instance_uuid`` is chosen by us so that a create whose task fails (or whose answer is
+    lost) can still find the VM it may have made, by ``SearchIndex.FindByUuid``, and remove it.
+    """
     vim, _ = sdk()
 
     controller_key = -100
@@ -518,7 +594,8 @@ def create_spec(spec: InstanceSpec, *, datastore: str) -> Any:
     ]
     labels: dict[str, str | None] = {}
     for i, disk in enumerate(spec.disks):
-        path = disk_file(spec.name, spec.name, i + 1)
+        # The VM's directory on the datastore is named after its (escaped) name.
+        path = disk_file(escaped_name(spec.name), spec.name, i + 1)
         changes.append(
             new_disk_change(
                 disk, datastore=datastore, file_path=path, controller_key=controller_key, unit=i, key=-(101 + i)
@@ -530,13 +607,14 @@ def create_spec(spec: InstanceSpec, *, datastore: str) -> Any:
     extra += [vim.option.OptionValue(key=metadata_key(k), value=v) for k, v in spec.metadata.items()]
     extra += label_options(labels)
     return vim.vm.ConfigSpec(
-        name=spec.name,
+        name=escaped_name(spec.name),
         numCPUs=spec.vcpus,
         memoryMB=spec.memory_mb,
         guestId=GUEST_ID,
         files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
         deviceChange=changes,
         extraConfig=extra,
+        instanceUuid=instance_uuid,
     )
 
 

@@ -12,6 +12,7 @@ the script text itself; the twin must be kept in step with its script.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +40,22 @@ def _fail(message: str, category: str, error_id: str, target: str = "") -> PSFau
     return PSFault("Fail", message, category, f"{error_id},Fail", target, "WriteErrorException")
 
 
-def _find(m: Model, vm_id: Any) -> VM:
+def _mine(vm: VM) -> bool:
+    """Twin of the scripts' ``Test-VDMine``: Notes that are a JSON object with a ``virtdrivers`` key."""
+    if not vm.notes.startswith("{"):
+        return False
+    try:
+        doc = json.loads(vm.notes)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("virtdrivers") is not None
+
+
+def _find(m: Model, a: dict[str, Any]) -> VM:
+    """Twin of ``Get-VDVM $a.id``: the VM, if it is on an up node and managed (or ``$a.any``)."""
+    vm_id = a.get("id")
     vm = m.vm(str(vm_id))
-    if vm is None or vm.host not in m.up_nodes():
+    if vm is None or vm.host not in m.up_nodes() or not (a.get("any") or _mine(vm)):
         raise _fail(f"Hyper-V was unable to find a virtual machine with ID {vm_id}.", "ObjectNotFound", "VDVMNotFound")
     return vm
 
@@ -116,7 +130,7 @@ def _require(vm: VM, state: int) -> None:
 
 def _vm_op(body: Callable[[Model, VM, dict[str, Any]], VM | None]) -> Handler:
     def run(m: Model, a: dict[str, Any]) -> Any:
-        vm = _find(m, a.get("id"))
+        vm = _find(m, a)
         vm = body(m, vm, a) or vm
         return _info(m, [vm])
 
@@ -211,7 +225,7 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
 
 
 def h_destroy(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     paths = list(vm.drives)
     group = m.group_of(vm)
     if group is not None:
@@ -254,8 +268,9 @@ def _stop(m: Model, vm: VM, a: dict[str, Any]) -> None:
     if vm.state == OFF:
         return
     if vm.state == RUNNING and not a.get("force"):
-        with contextlib.suppress(PSFault):  # Stop-VM -AsJob: a failed job leaves the VM running
-            m.stop_vm(vm, turn_off=False)
+        # Stop-VM -AsJob; Wait-Job -Timeout; Stop-Job when it is not done: a failed job, or a guest
+        # that ignores the request for the whole timeout, leaves the VM running for the TurnOff below.
+        m.shutdown_job(vm, float(a.get("timeout") or 0))
     if vm.state == SAVED:
         m.remove_saved_state(vm)
     elif vm.state != OFF:
@@ -284,7 +299,7 @@ def _resize(m: Model, vm: VM, a: dict[str, Any]) -> None:
 
 
 def h_attach(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     directory = vm.drives[0].rsplit("\\", 1)[0] if vm.drives else f"{a['root']}\\vd-{vm.id}"
     path = f"{directory}\\{a['file']}"
     m.new_vhd(path, int(a["size"]), bool(a.get("fixed")), vm.host)
@@ -300,7 +315,7 @@ def h_attach(m: Model, a: dict[str, Any]) -> Any:
 
 
 def h_detach(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     want = str(a.get("path", "")).lower()
     if not any(p.lower() == want for p in vm.drives):
         raise _fail(f"The disk {a.get('path')} is not attached.", "ObjectNotFound", "VDDiskNotFound")
@@ -311,14 +326,14 @@ def h_detach(m: Model, a: dict[str, Any]) -> Any:
 
 
 def h_checkpoint(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     if any(s.name.lower() == str(a["name"]).lower() for s in vm.snapshots):
         raise _fail(f"A checkpoint named {a['name']} exists already.", "ResourceExists", "VDSnapExists")
     return _snap(m.checkpoint(vm, str(a["name"]), standard=bool(a.get("memory"))))
 
 
 def h_snapshots(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     return [_snap(s) for s in vm.snapshots]
 
 
@@ -339,7 +354,7 @@ def _revert(m: Model, vm: VM, a: dict[str, Any]) -> None:
 
 
 def h_unsnapshot(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     m.remove_snapshot(vm, _snapshot_of(vm, a.get("sid")))
     return []
 
@@ -355,7 +370,7 @@ def _move(m: Model, vm: VM, a: dict[str, Any]) -> None:
 
 
 def h_ha_set(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     group = m.group(vm.id)
     if a.get("enabled"):
         if group is None:
@@ -367,12 +382,12 @@ def h_ha_set(m: Model, a: dict[str, Any]) -> Any:
 
 
 def h_ha_get(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     return _ha(m, vm.id)
 
 
 def h_failover(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a.get("id"))
+    vm = _find(m, a)
     group = m.group(vm.id)
     if group is None:
         raise _fail("The virtual machine is not a clustered role.", "InvalidOperation", "VDNotClustered")

@@ -34,6 +34,8 @@ ONLINE, OFFLINE = 0, 1
 UP, DOWN = 0, 1
 
 VHDX_MAX = 64 * TIB
+#: Longest a blocking cmdlet waits in the simulator before giving up by itself (a day).
+_FOREVER = 86400.0
 
 
 class PipelineStopped(BaseException):  # named after PowerShell's PipelineStoppedException
@@ -107,7 +109,10 @@ class VM:
     """Path of the .vmcx configuration file (on shared storage, so another node can register it)."""
     checkpoint_type: int = 3  # Production
     guest_shutdown: bool = True
-    """Whether the guest answers the Shutdown integration service (graceful Stop-VM)."""
+    """Whether the Shutdown integration service is offered at all (without it a graceful Stop-VM fails at once)."""
+    ignores_shutdown: bool = False
+    """The service is there but the guest never acts on it (hung, or a firmware with no OS): a graceful
+    Stop-VM waits for an Off that never comes (an ACPI-deaf guest)."""
 
     def image(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "memory": self.memory, "drives": list(self.drives), "notes": self.notes}
@@ -141,7 +146,8 @@ class Model:
         self.lock = threading.RLock()
         self.cluster = str(inv.get("cluster", "HVCLUSTER"))
         self.clustered = bool(inv.get("clustered", True))
-        nodes = inv.get("nodes") or [{"name": "HV-NODE1"}, {"name": "HV-NODE2"}]
+        # Three nodes: a move to a named node is then a choice, not the only other node there is.
+        nodes = inv.get("nodes") or [{"name": "HV-NODE1"}, {"name": "HV-NODE2"}, {"name": "HV-NODE3"}]
         self.nodes: dict[str, Node] = {}
         for n in nodes:
             node = Node(**n)
@@ -151,6 +157,8 @@ class Model:
         self.volume_size = int(inv.get("volume_size", 4 * TIB))
         self.migration_seconds = float(inv.get("migration_seconds", 0.0))
         self.create_seconds = float(inv.get("create_seconds", 0.0))
+        #: One-shot injected failures by cmdlet name (test knob): the next call of that cmdlet fails.
+        self.faults: dict[str, int] = {}
         #: Per command thread: set when the client signals terminate.
         self.cancel = threading.local()
         self.vms: dict[str, VM] = {}
@@ -169,6 +177,7 @@ class Model:
             state=int(spec.get("state", RUNNING)),
             notes=str(spec.get("notes", "")),
             guest_shutdown=bool(spec.get("guest_shutdown", True)),
+            ignores_shutdown=bool(spec.get("ignores_shutdown", False)),
         )
         vm.config = self.config_path(vm.id)
         for i, size in enumerate(spec.get("disks_gib", [40])):
@@ -222,6 +231,32 @@ class Model:
             "InvalidOperation",
             f"InvalidState,Microsoft.HyperV.PowerShell.Commands.{cmdlet.replace('-', '')}",
             vm.name,
+        )
+
+    # -- injected faults (test knobs) ------------------------------------------------------------
+
+    #: Cmdlets whose next call the fault knob can make fail.
+    FAULTABLE = ("New-VHD", "Add-VMHardDiskDrive", "Set-VMProcessor", "Set-VMMemory", "Start-VM")
+
+    def arm_fault(self, cmdlet: str) -> None:
+        """Make the next call of ``cmdlet`` fail as a storage outage would (``POST /_sim/faults/<cmdlet>``)."""
+        if cmdlet not in self.FAULTABLE:
+            raise KeyError(cmdlet)
+        self.faults[cmdlet] = self.faults.get(cmdlet, 0) + 1
+
+    def _injected(self, cmdlet: str, target: str) -> None:
+        if not self.faults.get(cmdlet):
+            return
+        self.faults[cmdlet] -= 1
+        # ASSUMPTION: a Cluster Shared Volume that goes into redirected or paused I/O under a
+        # cmdlet surfaces as a VirtualizationException with this text and category NotSpecified.
+        raise PSFault(
+            cmdlet,
+            f"The operation failed: the Virtual Machine Management Service could not write to the Cluster "
+            f"Shared Volume for '{target}'. The device is not ready. (0x80070015)",
+            "NotSpecified",
+            f"Unspecified,Microsoft.HyperV.PowerShell.Commands.{cmdlet.replace('-', '')}",
+            target,
         )
 
     # -- VMs --------------------------------------------------------------------------------
@@ -315,9 +350,11 @@ class Model:
                 "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.SetVMProcessor",
                 vm.name,
             )
+        self._injected("Set-VMProcessor", vm.name)
         vm.cpus = count
 
     def set_memory(self, vm: VM, startup: int) -> None:
+        self._injected("Set-VMMemory", vm.name)
         if startup % (2 * MIB) or startup < 32 * MIB:
             raise PSFault(
                 "Set-VMMemory",
@@ -346,6 +383,7 @@ class Model:
     def start_vm(self, vm: VM) -> None:
         if vm.state not in (OFF, SAVED):
             raise self._state_error("Start-VM", vm)
+        self._injected("Start-VM", vm.name)
         self._check_memory(vm, vm.memory, "Start-VM")
         vm.state = RUNNING
 
@@ -369,7 +407,28 @@ class Model:
                 "Unspecified,Microsoft.HyperV.PowerShell.Commands.StopVM",
                 vm.name,
             )
+        if vm.ignores_shutdown:
+            # ASSUMPTION: a synchronous graceful Stop-VM waits for the guest as long as it takes;
+            # only the client giving up (Signal terminate) ends it. Scripts use -AsJob to bound it.
+            self.work(_FOREVER)
         vm.state = OFF
+
+    def shutdown_job(self, vm: VM, timeout: float) -> bool:
+        """``Stop-VM -AsJob`` then ``Wait-Job -Timeout``: whether the guest shut down within ``timeout``.
+
+        A guest that ignores the request keeps the job running for the whole timeout (the
+        caller waits it out, outside the model lock); then ``Stop-Job`` abandons it and the VM
+        is still Running. A guest with no Shutdown service fails the job at once.
+        """
+        if vm.state != RUNNING:
+            raise self._state_error("Stop-VM", vm)
+        if not vm.guest_shutdown:
+            return False  # the job failed; Wait-Job returns it, Running unchanged
+        if vm.ignores_shutdown:
+            self.work(timeout)
+            return False
+        vm.state = OFF
+        return True
 
     def suspend_vm(self, vm: VM) -> None:
         if vm.state != RUNNING:
@@ -417,6 +476,7 @@ class Model:
 
     def new_vhd(self, path: str, size: int, fixed: bool, host: str) -> Vhd:
         self.node(host, "New-VHD")
+        self._injected("New-VHD", path)
         if not _key(path).endswith(".vhdx") and not _key(path).endswith(".vhd"):
             raise PSFault(
                 "New-VHD",
@@ -469,6 +529,7 @@ class Model:
 
     def add_drive(self, vm: VM, path: str) -> None:
         self.get_vhd(path)
+        self._injected("Add-VMHardDiskDrive", vm.name)
         if any(_key(p) == _key(path) for v in self.vms.values() for p in v.drives):
             raise PSFault(
                 "Add-VMHardDiskDrive",

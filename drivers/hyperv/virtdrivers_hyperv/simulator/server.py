@@ -102,8 +102,8 @@ class SimulatorServer(ThreadingHTTPServer):
         return ok
 
 
-#: Path prefix of the node-failure test knob (see ``_Handler._node_knob``).
-NODE_KNOB = "/_sim/nodes/"
+#: Path prefix of the test knobs (see ``_Handler._knob``).
+KNOB = "/_sim/"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -144,20 +144,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _node_knob(self) -> None:
-        """Test knob, ``POST /_sim/nodes/<NODE>/fail|recover``: a node dies or comes back.
+    def _knob(self) -> None:
+        """Test knobs, outside WS-Management: ways to make the simulated cluster misbehave.
 
-        Like ``GET /_sim/state`` it sits outside WS-Management and needs no credentials:
-        the simulator listens on 127.0.0.1 only and exists for tests, which must be able to
-        fail a node from any process (an orchestrator's evacuation, for example).
+        - ``POST /_sim/nodes/<NODE>/fail|recover``: a node dies or comes back;
+        - ``POST /_sim/faults/<Cmdlet>``: the next call of that cmdlet fails (see ``Model.arm_fault``);
+        - ``POST /_sim/vms/<ID>/ignore-shutdown|obey-shutdown``: the guest ignores (or again obeys)
+          a graceful shutdown, as an ACPI-deaf guest does.
+
+        Like ``GET /_sim/state`` they need no credentials: the simulator listens on 127.0.0.1
+        only and exists for tests, which must be able to reach it from any process (an
+        orchestrator's evacuation, the conformance suite's hooks). An unknown target is 404.
         """
-        node, _, action = self.path[len(NODE_KNOB) :].partition("/")
+        kind, _, rest = self.path[len(KNOB) :].partition("/")
+        target, _, action = rest.partition("/")
         model = self.server.model
         with model.lock:
-            if node.upper() not in model.nodes or action not in ("fail", "recover"):
+            if kind == "nodes" and target.upper() in model.nodes and action in ("fail", "recover"):
+                (model.fail_node if action == "fail" else model.recover_node)(target)
+            elif kind == "faults" and target in model.FAULTABLE and not action:
+                model.arm_fault(target)
+            elif kind == "vms" and model.vm(target) is not None and action in ("ignore-shutdown", "obey-shutdown"):
+                vm = model.vm(target)
+                assert vm is not None
+                vm.ignores_shutdown = action == "ignore-shutdown"
+            else:
                 self._send(404)
                 return
-            (model.fail_node if action == "fail" else model.recover_node)(node)
         self._send(204)
 
     def do_GET(self) -> None:
@@ -169,8 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._body()
-        if self.path.startswith(NODE_KNOB):
-            self._node_knob()
+        if self.path.startswith(KNOB):
+            self._knob()
             return
         if self.path.rstrip("/").lower() != "/wsman":
             self._send(404)

@@ -9,19 +9,27 @@ driver then trusts as ``ca_file``: verification stays on.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from virtdrivers.endpoint import EndpointHooks
 from virtdrivers.errors import BackendUnavailable
 from virtdrivers.testing.process import stop_child
+
+if TYPE_CHECKING:
+    from virtdrivers.driver import Driver
 
 _ROOM = Path(__file__).resolve().parents[2]
 USER = "vdadmin"
@@ -129,6 +137,10 @@ class Vcsim:
             "ca_file": str(self.cert_file),
         }
 
+    def faults(self, **request: str) -> None:
+        """Arm one of the launcher's fault knobs (see :func:`set_fault`)."""
+        set_fault(self.settings(), **request)
+
     def stop(self) -> None:
         """Stop the process we started (by its PID, through stdin then SIGTERM, SIGKILL last)."""
         proc, self.proc = self.proc, None
@@ -170,6 +182,56 @@ def _readline(stream: IO[str], timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     return out[0].strip() if out else ""
+
+
+def set_fault(settings: Mapping[str, Any], **request: str) -> None:
+    """POST one request to the launcher's fault knobs (``/vdvcsim/faults``), authenticated as the login user.
+
+    ``request`` keys (see ``faultRequest`` in ``vcsim/main.go``): ``fail_next`` (a ``*_Task``
+    method whose next call runs and then fails) with optional ``message``; ``ignore_acpi`` /
+    ``hear_acpi`` (a VM id whose guest ignores, or again obeys, ShutdownGuest); ``cluster``
+    with ``host_state`` (``notResponding``, ``disconnected`` or ``connected`` for all its hosts).
+    The knob is reached over the same verified HTTPS as the driver's own calls.
+    """
+    password = settings["password"]
+    secret = password.get_secret_value() if hasattr(password, "get_secret_value") else str(password)
+    credentials = base64.b64encode(f"{settings['user']}:{secret}".encode()).decode()
+    request_ = urllib.request.Request(
+        f"https://{settings['host']}:{settings['port']}/vdvcsim/faults",
+        data=json.dumps(request).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {credentials}"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=settings.get("ca_file"))
+    try:
+        with urllib.request.urlopen(request_, context=context, timeout=30) as answer:
+            answer.read()
+    except urllib.error.HTTPError as exc:
+        raise BackendUnavailable(f"vcsim fault knob refused {sorted(request)}: {exc.code} {exc.reason}") from None
+    except OSError as exc:
+        raise BackendUnavailable(f"vcsim fault knob unreachable: {type(exc).__name__}") from None
+
+
+# The endpoint hooks act on the peer, never on the driver: each arms a knob in the vcsim
+# launcher over HTTPS, and the driver meets the fault through its ordinary SOAP calls.
+
+
+def _fail_next_create(settings: Mapping[str, Any], driver: Driver) -> None:
+    """The next CreateVM_Task makes its VM and disks, then its task reports a SystemError."""
+    set_fault(settings, fail_next="CreateVM_Task", message="vdvcsim: the host lost its storage after the VM was made")
+
+
+def _ignore_acpi(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> None:
+    """ShutdownGuest on this VM is accepted and ignored, as by a guest with Tools but no working shutdown."""
+    set_fault(settings, ignore_acpi=instance_id)
+
+
+def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: bool) -> None:
+    """Every host of cluster ``node`` goes notResponding (as vCenter shows a dead host), or connected again."""
+    set_fault(settings, cluster=node, host_state="notResponding" if down else "connected")
+
+
+VCSIM_HOOKS = EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node)
 
 
 @contextlib.contextmanager
