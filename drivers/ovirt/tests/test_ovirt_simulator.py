@@ -169,6 +169,7 @@ def test_every_response_survives_the_sdks_reader_and_writer(sim: Simulator) -> N
         "saving_state",
         "suspended",
         "restoring_state",
+        "unknown",
     ],
 )
 def test_every_vm_status_the_simulator_uses_is_in_the_api_model(status: str) -> None:
@@ -178,7 +179,7 @@ def test_every_vm_status_the_simulator_uses_is_in_the_api_model(status: str) -> 
         vm.status = status
         vm.stop_time = vm.start_time
         docs = [render.vm(vm, engine, {"disk_attachments", "disk_attachments.disk"})]
-        for disk_status in ("locked", "ok"):
+        for disk_status in ("locked", "ok", "illegal"):
             for disk in engine.disks.values():
                 disk.status = disk_status
                 docs.append(render.disk(disk))
@@ -186,6 +187,10 @@ def test_every_vm_status_the_simulator_uses_is_in_the_api_model(status: str) -> 
             for snap in vm.snapshots:
                 snap.status = snap_status
                 docs.append(render.snapshot(vm, snap, engine))
+        for host in engine.hosts.values():
+            for host_status in ("up", "non_responsive"):
+                host.status = host_status
+                docs.append(render.host(host, engine))
         for job_status in ("started", "finished", "failed"):
             job = engine.begin_job("j", None)
             if job_status != "started":

@@ -8,14 +8,9 @@ the configured timeout.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import shutil
-import subprocess
-import sys
-import tempfile
+import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from virtdrivers.capabilities import Capability, DiskFormat
@@ -44,34 +39,15 @@ from virtdrivers.objects import (
     PowerState,
     SnapshotInfo,
 )
-from virtdrivers.testing.process import stop_child
 from virtdrivers_ovirt import mapping
+from virtdrivers_ovirt.endpoint import endpoints
 from virtdrivers_ovirt.events import StatusPoller
 from virtdrivers_ovirt.session import OvirtSettings, Session, wait_until
 
+log = logging.getLogger(__name__)
+
 #: Placement affinities the engine knows, for :meth:`OvirtDriver.set_placement`.
 AFFINITIES = ("migratable", "pinned", "user_migratable")
-
-
-@contextlib.contextmanager
-def _simulator_endpoint() -> Iterator[Mapping[str, Any]]:
-    """Start the bundled simulator as a child process on a free port; stop exactly that process."""
-    scratch = tempfile.mkdtemp(prefix="vd-ovirt-sim-")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "virtdrivers_ovirt.simulator", "--port", "0", "--pets", "2", "--state-dir", scratch],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise BackendUnavailable(f"ovirt simulator exited with status {proc.wait(timeout=10)}")
-        yield json.loads(line)
-    finally:
-        stop_child(proc, grace=10.0)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class OvirtDriver(Driver):
@@ -107,13 +83,7 @@ class OvirtDriver(Driver):
 
     @classmethod
     def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
-        return (
-            EmbeddedEndpoint(
-                "simulator",
-                "bundled oVirt REST API simulator (HTTPS on 127.0.0.1, real ovirtsdk4 client)",
-                _simulator_endpoint,
-            ),
-        )
+        return endpoints()
 
     def __init__(self, settings: Any = None, /, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -142,6 +112,9 @@ class OvirtDriver(Driver):
         return {"correlation_id": f"virtdrivers-{uuid.uuid4()}"}
 
     def _vm(self, instance_id: str, *, managed_only: bool = True, follow: str | None = None) -> Any:
+        """The engine's VM; every operation on an instance starts here, so a malformed id stops here."""
+        if not mapping.is_engine_id(instance_id):
+            raise InstanceNotFound(instance_id)
         try:
             vm = self._call(lambda s: s.vms_service().vm_service(instance_id).get(follow=follow))
         except NotFound as exc:
@@ -338,10 +311,15 @@ class OvirtDriver(Driver):
             if spec.start:
                 report(0.85, "starting")
                 self._start(vm.id)
-        except BaseException:
+        except BaseException as exc:
             # Nothing half-made: the VM goes, and the engine removes the disks attached to it.
-            with contextlib.suppress(DriverError):
+            # When the engine is unreachable the clean-up gives up at once (the session's outage
+            # budget is spent), and the caller learns which VM is left instead of waiting again.
+            try:
                 self._remove(vm.id)
+            except DriverError as cleanup:
+                log.warning("ovirt: could not remove the half-made VM %s (%s): %s", vm.id, spec.name, cleanup)
+                exc.add_note(f"ovirt: the half-made VM {vm.id} ({spec.name}) could not be removed: {cleanup}")
             raise
         report(1.0, "created")
         return self._get_info(vm.id)
@@ -537,6 +515,8 @@ class OvirtDriver(Driver):
 
     def detach_disk(self, instance_id: str, disk_id: str, *, delete: bool = True) -> None:
         self._vm(instance_id)
+        if not mapping.is_engine_id(disk_id):
+            raise NotFound(f"disk {disk_id!r} not attached to {instance_id!r}")
         cid = self._cid()
         try:
             self._call(

@@ -49,6 +49,9 @@ class StatusPoller:
         self._state = threading.Lock()
         self._pending: queue.SimpleQueue[list[tuple[str, mapping.Seen | None, EventType]]] = queue.SimpleQueue()
         self._hosts: dict[str, str] = {}
+        #: Held while callbacks run: ``remove`` waits for a delivery in progress, so a closed
+        #: subscription never sees another event (re-entrant: a callback may close its own).
+        self._delivering = threading.RLock()
 
     def add(self, callback: EventCallback) -> int:
         with self._lock:
@@ -68,6 +71,8 @@ class StatusPoller:
         with self._lock:
             self._callbacks.pop(sid, None)
             idle = not self._callbacks
+        with self._delivering:
+            pass  # a delivery that copied the callbacks before the pop has ended
         if idle:
             self.stop()
 
@@ -133,17 +138,18 @@ class StatusPoller:
 
     def _deliver(self, batch: list[tuple[str, mapping.Seen | None, EventType]]) -> None:
         stamp = datetime.datetime.now(datetime.UTC)
-        with self._lock:
-            callbacks = list(self._callbacks.values())
-        for vm_id, seen, kind in batch:
-            host = seen[1] if seen is not None else None
-            event = LifecycleEvent(
-                instance_id=vm_id,
-                type=kind,
-                timestamp=stamp,
-                name=seen[2] if seen is not None else None,
-                node=self._hosts.get(host) if host else None,
-            )
-            for callback in callbacks:
-                with contextlib.suppress(Exception):  # one subscriber's bug must not stop the others
-                    callback(event)
+        with self._delivering:
+            for vm_id, seen, kind in batch:
+                host = seen[1] if seen is not None else None
+                event = LifecycleEvent(
+                    instance_id=vm_id,
+                    type=kind,
+                    timestamp=stamp,
+                    name=seen[2] if seen is not None else None,
+                    node=self._hosts.get(host) if host else None,
+                )
+                with self._lock:  # looked up per event: one closed meanwhile gets nothing more
+                    callbacks = list(self._callbacks.values())
+                for callback in callbacks:
+                    with contextlib.suppress(Exception):  # one subscriber's bug must not stop the others
+                        callback(event)

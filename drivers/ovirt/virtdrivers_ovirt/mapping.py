@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -70,6 +71,20 @@ TRANSIENT = frozenset(
 
 _FORMATS = {DiskFormat.QCOW2: "cow", DiskFormat.RAW: "raw"}
 _FORMATS_BACK = {v: k for k, v in _FORMATS.items()}
+
+
+#: The engine's ids are UUIDs in their canonical text form; nothing else names an engine object.
+_ENGINE_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_engine_id(text: object) -> bool:
+    """Whether ``text`` can be an engine id, checked before it becomes part of a URL.
+
+    An id goes into the request path verbatim (``/vms/{id}``): ``..``, ``?x=1``, ``#frag``
+    or ``../hosts`` would address another resource, and non-ASCII or NUL break the
+    transport. None of them can name a VM, so they are refused without a request.
+    """
+    return isinstance(text, str) and _ENGINE_ID.fullmatch(text) is not None
 
 
 def value(enum_or_text: Any) -> str:

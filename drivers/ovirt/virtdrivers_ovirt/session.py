@@ -109,6 +109,10 @@ class Session:
         #: Between connect() and close(): a lost connection is rebuilt, a closed session is not.
         self._open = False
         self.reconnects = 0
+        #: Per thread: when this thread first found the engine unreachable and when it last did.
+        #: One operation runs in one thread, so its calls (a create and its clean-up) share one
+        #: ``reconnect_timeout`` of waiting instead of each waiting anew.
+        self._outage = threading.local()
 
     @property
     def secrets(self) -> list[str]:
@@ -180,7 +184,6 @@ class Session:
 
         if not self._open:
             raise BackendUnavailable("ovirt: not connected")
-        deadline = time.monotonic() + self.settings.reconnect_timeout
         delay = 0.05
         auth_retried = False
         while True:
@@ -191,7 +194,9 @@ class Session:
                     self._reconnect()
                     with self._lock:
                         connection = self._connection
-                return func(connection.system_service())
+                result = func(connection.system_service())
+                self._outage.since = self._outage.last = None
+                return result
             except sdk.AuthError as exc:
                 # The SDK's own retry already failed: the token fetch itself was refused
                 # or the fresh token was rejected. Start over with a new connection once.
@@ -207,21 +212,40 @@ class Session:
                         self._connection = None
             except (sdk.ConnectionError, sdk.TimeoutError) as exc:
                 refused = isinstance(exc, sdk.ConnectionError)
-                if not (idempotent or refused) or time.monotonic() > deadline:
+                remaining = self._unreachable()
+                if not (idempotent or refused) or remaining <= 0:
                     raise translate(exc, self.secrets) from exc
-                time.sleep(delay)  # back off while the engine comes back; bounded by the deadline
+                time.sleep(min(delay, remaining))  # back off while the engine comes back, never past the deadline
                 delay = min(delay * 2, 1.0)
                 with self._lock:
                     self._connection = None
             except sdk.Error as exc:
-                if getattr(exc, "code", None) is None and idempotent and time.monotonic() < deadline:
+                remaining = self._unreachable() if getattr(exc, "code", None) is None else 0.0
+                if idempotent and remaining > 0:
                     # A transport failure (connection reset mid-response) during a restart.
-                    time.sleep(delay)
+                    time.sleep(min(delay, remaining))
                     delay = min(delay * 2, 1.0)
                     with self._lock:
                         self._connection = None
                     continue
                 raise translate(exc, self.secrets) from exc
+
+    def _unreachable(self) -> float:
+        """Note that this thread found the engine unreachable; seconds it may still wait for it.
+
+        The clock starts at this thread's first failure and runs until any call in the
+        thread succeeds, so an operation that already waited ``reconnect_timeout`` (and
+        its clean-up after it) does not wait again. A failure long after the last one
+        (more than ``reconnect_timeout``) is a new outage with a budget of its own.
+        """
+        now = time.monotonic()
+        budget = self.settings.reconnect_timeout
+        since: float | None = getattr(self._outage, "since", None)
+        last: float | None = getattr(self._outage, "last", None)
+        if since is None or last is None or now - last > budget:
+            since = now
+        self._outage.since, self._outage.last = since, now
+        return since + budget - now
 
 
 def wait_until(

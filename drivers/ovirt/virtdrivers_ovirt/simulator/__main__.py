@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from virtdrivers_ovirt.simulator.model import GRACEFUL_SHUTDOWN_TIMEOUT
 from virtdrivers_ovirt.simulator.server import Simulator
+
+#: Environment variable the password may come in, so it is not visible in ``ps``.
+PASSWORD_ENV = "VIRTDRIVERS_OVIRT_SIMULATOR_PASSWORD"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--token-ttl", type=float, default=None, help="seconds an SSO token lives")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds an asynchronous transition takes")
-    parser.add_argument("--password", default="simulator")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=GRACEFUL_SHUTDOWN_TIMEOUT,
+        help="seconds the engine waits for a guest to act on a shutdown (VmGracefulShutdownTimeout)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get(PASSWORD_ENV, "simulator"),
+        help=f"the admin password (default: ${PASSWORD_ENV}, which keeps it out of the process list)",
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="where the CA and certificates go")
     args = parser.parse_args(argv)
     stop = threading.Event()
@@ -31,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts=args.hosts,
         token_ttl=args.token_ttl,
         delay=args.delay,
+        shutdown_timeout=args.shutdown_timeout,
         password=args.password,
         state_dir=args.state_dir,
     )

@@ -25,6 +25,15 @@ GIB = 1024**3
 MIB = 1024**2
 BLANK_TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
 ENGINE_VERSION = (4, 5, 6, 0)
+#: What the simulator claims over the API (``product_info``), as an engine of that version would.
+ENGINE_NAME = "oVirt Engine"
+ENGINE_FULL_VERSION = f"{ENGINE_VERSION[0]}.{ENGINE_VERSION[1]}.{ENGINE_VERSION[2]}-1.el8"
+#: The simulator's own name and version: what a parity column earned against it names as its backend.
+SIMULATOR_NAME = "virtdrivers oVirt REST simulator"
+SIMULATOR_VERSION = "0.2"
+#: The engine's ``VmGracefulShutdownTimeout``: how long it waits for a guest to act on a
+#: shutdown before it gives up and reports the VM up again.
+GRACEFUL_SHUTDOWN_TIMEOUT = 30.0
 
 
 class EngineFault(Exception):
@@ -138,6 +147,11 @@ class Vm:
     origin: str = "ovirt"
     #: Guest has no agent and ignores ACPI shutdown (a pet that needs a forced stop).
     ignores_shutdown: bool = False
+    #: A fault armed by :meth:`Engine.fail_next_create`: this VM's first disk goes illegal, or
+    #: (when it gets no disk) its first run fails, as storage or a host failing mid-build would.
+    build_fails: bool = False
+    #: Counts shutdown requests, so a late "guest ignored it" transition only ends its own request.
+    shutdowns: int = 0
 
     @property
     def vcpus(self) -> int:
@@ -194,9 +208,19 @@ class Scheduler:
 class Engine:
     """An oVirt engine's inventory: one data center, one cluster of hosts, one NFS storage domain."""
 
-    def __init__(self, *, hosts: int = 3, pets: int = 0, delay: float = 0.02) -> None:
+    def __init__(
+        self,
+        *,
+        hosts: int = 3,
+        pets: int = 0,
+        delay: float = 0.02,
+        shutdown_timeout: float = GRACEFUL_SHUTDOWN_TIMEOUT,
+    ) -> None:
         self.lock = threading.RLock()
         self.delay = delay
+        self.shutdown_timeout = shutdown_timeout
+        #: Creates still to fail half-way (:meth:`fail_next_create`).
+        self.failing_creates = 0
         self.scheduler = Scheduler(self.lock)
         self.clusters: dict[str, Cluster] = {}
         self.hosts: dict[str, Host] = {}
@@ -265,18 +289,63 @@ class Engine:
     def end_job(self, job: Job, status: str = "finished") -> None:
         job.status, job.end_time, job.last_updated = status, now(), now()
 
-    def _then(self, job: Job, func: Callable[[], None]) -> None:
-        """Finish ``func`` after the engine's delay and close the job with it."""
+    def _then(self, job: Job, func: Callable[[], str | None], delay: float | None = None) -> None:
+        """Finish ``func`` after the engine's delay (or ``delay``) and close the job with it.
+
+        ``func`` returns the job's final status when it is not "finished" (a transition the
+        engine gave up on ends its job "failed"). A bug in ``func`` fails the job and is
+        swallowed: it must not kill the scheduler thread every later transition runs on.
+        """
 
         def run() -> None:
             try:
-                func()
+                status = func() or "finished"
             except Exception:
-                self.end_job(job, "failed")
-                raise
-            self.end_job(job)
+                status = "failed"
+            self.end_job(job, status)
 
-        self.scheduler.later(self.delay, run)
+        self.scheduler.later(self.delay if delay is None else delay, run)
+
+    # -- fault knobs ------------------------------------------------------------------------------
+
+    def fail_next_create(self, count: int = 1) -> None:
+        """Make the next ``count`` VM creations fail after the engine has begun them.
+
+        The VM record is made as usual; then its first disk ends ``illegal`` (its job
+        failed), or, for a VM that gets no disk, its first run ends ``down`` (the launch
+        failed). What a client that made the VM does next (clean up) is up to it.
+        """
+        with self.lock:
+            self.failing_creates += count
+
+    def set_acpi_deaf(self, vm_id: str, deaf: bool = True) -> None:
+        """Make a VM's guest ignore ``shutdown``: it stays ``powering_down`` until the engine's
+        graceful-shutdown timeout, then ``up`` again; only ``stop`` turns it off."""
+        with self.lock:
+            self.vm(vm_id).ignores_shutdown = deaf
+
+    def set_host_down(self, name: str, down: bool = True) -> Host:
+        """A host stops answering (``non_responsive``) or comes back (``up``).
+
+        While it is down its VMs are ``unknown`` (the engine cannot see them) and the
+        scheduler places nothing there. When it comes back it has been rebooted, as a
+        dead host is: the VMs that were still unknown on it are ``down``.
+        """
+        with self.lock:
+            host = next((h for h in self.hosts.values() if h.name == name), None)
+            if host is None:
+                raise not_found("host", name)
+            if down and host.status != "non_responsive":
+                host.status = "non_responsive"
+                for vm in self.vms.values():
+                    if vm.host_id == host.id and vm.status not in ("down", "suspended"):
+                        vm.status = "unknown"
+            elif not down and host.status != "up":
+                host.status = "up"
+                for vm in self.vms.values():
+                    if vm.host_id == host.id and vm.status == "unknown":
+                        vm.status, vm.host_id, vm.stop_time = "down", None, now()
+            return host
 
     # -- inventory made "outside" virtdrivers --------------------------------------------------
 
@@ -345,6 +414,9 @@ class Engine:
                     raise not_found("host", host_id)
             vm.status = "image_locked"
             vm.snapshots = [self._active_snapshot()]
+            if self.failing_creates > 0:
+                self.failing_creates -= 1
+                vm.build_fails = True
             self.vms[vm.id] = vm
             job = self.begin_job(f"Creating VM {vm.name} from Template Blank in Cluster Default", correlation_id)
 
@@ -388,6 +460,10 @@ class Engine:
                         self.disks[disk.id] = disk
                     elif disk is not None:
                         self._release(disk)
+                # Images only its snapshots still held go with the VM, whatever detach_only says.
+                attached = {a.disk_id for a in vm.attachments}
+                in_snapshots = {a.disk_id for s in vm.snapshots if s.image is not None for a in s.image.attachments}
+                self._drop_orphans(replace(vm, attachments=[], snapshots=[]), in_snapshots - attached)
                 self.vms.pop(vm.id, None)
 
             self._then(job, done)
@@ -434,6 +510,17 @@ class Engine:
             vm.host_id = host.id
             vm.status = "restoring_state" if resuming else "powering_up"
             job = self.begin_job(f"Launching VM {vm.name}", correlation_id)
+            if vm.build_fails:
+                # An armed create fault on a VM without disks: the launch fails on the host.
+                vm.build_fails = False
+
+                def failed() -> str:
+                    if vm.status in ("powering_up", "restoring_state"):
+                        vm.status, vm.host_id, vm.stop_time = "down", None, now()
+                    return "failed"
+
+                self._then(job, failed)
+                return
 
             def done() -> None:
                 if vm.status in ("powering_up", "restoring_state"):
@@ -461,13 +548,18 @@ class Engine:
                 raise conflict("shutdown VM", "VM is not running.")
             job = self.begin_job(f"Shutting down VM {vm.name}", correlation_id)
             vm.status = "powering_down"
+            vm.shutdowns += 1
             if vm.ignores_shutdown:
-                # The guest never answers ACPI: the engine gives up and the VM stays up.
-                def ignored() -> None:
-                    if vm.status == "powering_down":
-                        vm.status = "up"
+                # The guest never answers ACPI: it stays powering down until the engine's graceful
+                # shutdown timeout, then the engine gives up (the job fails) and reports it up again.
+                request = vm.shutdowns
 
-                self._then(job, ignored)
+                def ignored() -> str:
+                    if vm.status == "powering_down" and vm.shutdowns == request:
+                        vm.status = "up"
+                    return "failed"
+
+                self._then(job, ignored, self.shutdown_timeout)
                 return
 
             def done() -> None:
@@ -549,6 +641,18 @@ class Engine:
             if vm is not None and attachment is not None:
                 vm.attachments.append(attachment)
             job = self.begin_job(f"Adding Disk {disk.name}", correlation_id)
+            if vm is not None and vm.build_fails:
+                # An armed create fault: the disk exists (attached, space committed) and then the
+                # storage fails to make its volume, as a full or lost storage domain would.
+                vm.build_fails = False
+
+                def failed() -> str:
+                    if disk.status == "locked":
+                        disk.status = "illegal"
+                    return "failed"
+
+                self._then(job, failed)
+                return disk
 
             def done() -> None:
                 if disk.status == "locked":
@@ -630,13 +734,12 @@ class Engine:
             def done() -> None:
                 vm.sockets, vm.cores, vm.threads, vm.memory = image.sockets, image.cores, image.threads, image.memory
                 vm.description, vm.ha_enabled, vm.ha_priority = image.description, image.ha_enabled, image.ha_priority
-                kept = {a.disk_id for a in image.attachments}
-                for att in list(vm.attachments):
-                    if att.disk_id not in kept:
-                        vm.attachments.remove(att)
-                        removed = self.disks.pop(att.disk_id, None)
-                        if removed is not None:
-                            self._release(removed)
+                # The disks go back to the set the snapshot holds. A disk made after it leaves the VM;
+                # its images stay while a newer snapshot still holds them (the engine keeps newer
+                # regular snapshots on a commit), so reverting to that snapshot brings the disk back.
+                dropped = {a.disk_id for a in vm.attachments} - {a.disk_id for a in image.attachments}
+                vm.attachments = [replace(a) for a in image.attachments if a.disk_id in self.disks]
+                self._drop_orphans(vm, dropped)
                 snap.status = "ok"
                 vm.status = "down"
                 if restore_memory and snap.persist_memorystate:
@@ -658,5 +761,17 @@ class Engine:
             def done() -> None:
                 if snap in vm.snapshots:
                     vm.snapshots.remove(snap)
+                    self._drop_orphans(vm, {a.disk_id for a in snap.image.attachments} if snap.image else set())
 
             self._then(job, done)
+
+    def _drop_orphans(self, vm: Vm, disk_ids: set[str]) -> None:
+        """Remove those of ``disk_ids`` that neither the VM nor any of its snapshots holds any more."""
+        held = {a.disk_id for a in vm.attachments}
+        for snap in vm.snapshots:
+            if snap.image is not None:
+                held.update(a.disk_id for a in snap.image.attachments)
+        for disk_id in disk_ids - held:
+            removed = self.disks.pop(disk_id, None)
+            if removed is not None:
+                self._release(removed)

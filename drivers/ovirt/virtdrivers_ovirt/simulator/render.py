@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 
 from virtdrivers_ovirt.simulator.model import (
     BLANK_TEMPLATE_ID,
+    ENGINE_FULL_VERSION,
+    ENGINE_NAME,
     ENGINE_VERSION,
     Attachment,
     Cluster,
@@ -87,7 +89,7 @@ def _version(parent: Element, tag: str) -> None:
     major, minor, build, revision = ENGINE_VERSION
     ver = ET.SubElement(parent, tag)
     _text(ver, "build", build)
-    _text(ver, "full_version", f"{major}.{minor}.{build}-1.el8")
+    _text(ver, "full_version", ENGINE_FULL_VERSION)
     _text(ver, "major", major)
     _text(ver, "minor", minor)
     _text(ver, "revision", revision)
@@ -97,7 +99,7 @@ def api(engine: Engine) -> Element:
     root = Element("api")
     info = ET.SubElement(root, "product_info")
     _text(info, "instance_id", "8f2d1e2c-0000-4000-8000-000000000001")
-    _text(info, "name", "oVirt Engine")
+    _text(info, "name", ENGINE_NAME)
     _text(info, "vendor", "ovirt.org")
     _version(info, "version")
     summary = ET.SubElement(root, "summary")

@@ -29,6 +29,7 @@ from virtdrivers_ovirt.simulator import render
 from virtdrivers_ovirt.simulator.model import (
     BLANK_TEMPLATE_ID,
     GIB,
+    GRACEFUL_SHUTDOWN_TIMEOUT,
     Attachment,
     Disk,
     Engine,
@@ -80,12 +81,13 @@ class Simulator:
         hosts: int = 3,
         token_ttl: float | None = None,
         delay: float = 0.02,
+        shutdown_timeout: float = GRACEFUL_SHUTDOWN_TIMEOUT,
         username: str = "admin@internal",
         password: str = "simulator",
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engine = Engine(hosts=hosts, pets=pets, delay=delay)
+        self.engine = Engine(hosts=hosts, pets=pets, delay=delay, shutdown_timeout=shutdown_timeout)
         self.username, self.password = username, password
         self.token_ttl = token_ttl
         #: The session clock; tests move it forward to expire tokens without waiting.
@@ -293,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.sim.revoke(form.get("token", [""])[0])
             return self._json(200, {})
         if url.path.startswith(CONTROL_PREFIX) and method == "POST":
-            return self._control(url.path[len(CONTROL_PREFIX) :])
+            return self._control(url.path[len(CONTROL_PREFIX) :], body)
         if not (url.path == API_PREFIX or url.path.startswith(API_PREFIX + "/")):
             return self._send(404, b"Not Found", "text/plain")
         auth = self.headers.get("Authorization", "")
@@ -333,8 +335,29 @@ class _Handler(BaseHTTPRequestHandler):
         expires = int(time.time() * 1000 + (self.sim.token_ttl or 36000) * 1000)
         self._json(200, {"access_token": token, "scope": "ovirt-app-api", "exp": str(expires), "token_type": "bearer"})
 
-    def _control(self, what: str) -> None:
-        """Test knobs for a simulator running in another process."""
+    def _control(self, what: str, body: bytes) -> None:
+        """Test knobs for a simulator running in another process; arguments come as a JSON object."""
+        try:
+            args = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return self._json(400, {"error": "the body must be a JSON object"})
+        if not isinstance(args, dict):
+            return self._json(400, {"error": "the body must be a JSON object"})
+        engine = self.sim.engine
+        try:
+            if what == "fail-next-create":
+                engine.fail_next_create(int(args.get("count", 1)))
+                return self._json(200, {"failing_creates": engine.failing_creates})
+            if what == "ignore-acpi":
+                engine.set_acpi_deaf(str(args["vm"]), bool(args.get("deaf", True)))
+                return self._json(200, {"vm": args["vm"], "deaf": bool(args.get("deaf", True))})
+            if what == "fail-node":
+                host = engine.set_host_down(str(args["node"]), bool(args.get("down", True)))
+                return self._json(200, {"node": host.name, "status": host.status})
+        except EngineFault as fault:
+            return self._json(fault.status, {"error": fault.detail})
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._json(400, {"error": f"bad arguments for {what}: {exc!r}"})
         if what == "expire-tokens":
             self.sim.expire_tokens()
             return self._json(200, {"expired": True})

@@ -1,0 +1,134 @@
+"""The embedded endpoint: the bundled simulator in a child process, and the hooks that make it misbehave.
+
+Every hook acts on the PEER, through the simulator's fault knobs over HTTPS
+(``POST /__simulator/fail-next-create|ignore-acpi|fail-node``), never on the driver
+object: the driver under test runs exactly the code it runs against an engine, its
+clean-up included. The simulator runs in another process, so the knobs are reached
+over the wire, verified against the CA the simulator generated.
+
+This module imports neither ``ovirtsdk4`` nor ``cryptography``: listing endpoints stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
+from virtdrivers.errors import BackendUnavailable, NotFound
+from virtdrivers.testing.process import stop_child
+
+if TYPE_CHECKING:
+    from virtdrivers.driver import Driver
+
+#: Hosts (compute nodes) in the simulated cluster: three, so a move to a named host is never
+#: the only other choice.
+HOSTS = 3
+#: VMs made "outside" virtdrivers (running, HA, snapshotted), for ``adopt``.
+PETS = 2
+#: Environment variable the simulator program reads its password from (kept out of ``ps``).
+PASSWORD_ENV = "VIRTDRIVERS_OVIRT_SIMULATOR_PASSWORD"
+
+
+@contextlib.contextmanager
+def simulator_endpoint() -> Iterator[Mapping[str, Any]]:
+    """Start the bundled simulator as a child process on a free port; stop exactly that process.
+
+    The admin password is random per run and handed over in the environment, so the
+    suite's secret checks look for a string that cannot occur in any text by chance.
+    """
+    scratch = tempfile.mkdtemp(prefix="vd-ovirt-sim-")
+    env = dict(os.environ)
+    env[PASSWORD_ENV] = "vd-" + secrets.token_urlsafe(18)
+    args = ["--port", "0", "--hosts", str(HOSTS), "--pets", str(PETS), "--state-dir", scratch]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "virtdrivers_ovirt.simulator", *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise BackendUnavailable(f"ovirt simulator exited with status {proc.wait(timeout=10)}")
+        yield json.loads(line)
+    finally:
+        stop_child(proc, grace=10.0)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def control(settings: Mapping[str, Any], what: str, **args: Any) -> dict[str, Any]:
+    """POST one fault knob to the simulator named by ``settings``; NotFound for an unknown object."""
+    base = str(settings["url"]).split("/ovirt-engine/")[0]
+    context = ssl.create_default_context(cafile=settings.get("ca_file"))
+    request = urllib.request.Request(
+        f"{base}/__simulator/{what}",
+        data=json.dumps(args).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            reply: dict[str, Any] = json.load(response)
+            return reply
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        if exc.code == 404:
+            raise NotFound(f"ovirt simulator: {what}: {detail}") from None
+        raise BackendUnavailable(f"ovirt simulator: {what} failed ({exc.code}): {detail}") from None
+    except OSError as exc:
+        raise BackendUnavailable(f"ovirt simulator: {what}: {exc}") from exc
+
+
+def _fail_next_create(settings: Mapping[str, Any], driver: Driver) -> None:
+    # Peer knob: the engine makes the next VM record, then its first disk goes illegal (or, with
+    # no disk, its launch fails); the driver's own clean-up must remove the VM and the disk.
+    control(settings, "fail-next-create", count=1)
+
+
+def _ignore_acpi(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> None:
+    # Peer knob: the guest ignores shutdown; the engine keeps it powering down for its graceful
+    # shutdown timeout (30 s, longer than the suite waits) and only a stop turns it off.
+    control(settings, "ignore-acpi", vm=instance_id, deaf=True)
+
+
+def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: bool) -> None:
+    # Peer knob: the host goes non_responsive (its VMs unknown), or comes back rebooted.
+    control(settings, "fail-node", node=node, down=down)
+
+
+def endpoints() -> tuple[EmbeddedEndpoint, ...]:
+    """The oVirt package's embedded endpoints (one: the bundled simulator)."""
+    from virtdrivers_ovirt.simulator.model import (
+        ENGINE_FULL_VERSION,
+        ENGINE_NAME,
+        SIMULATOR_NAME,
+        SIMULATOR_VERSION,
+    )
+
+    return (
+        EmbeddedEndpoint(
+            "simulator",
+            f"bundled oVirt REST API simulator: {HOSTS} hosts, {PETS} unmanaged pets, "
+            "HTTPS on 127.0.0.1, real ovirtsdk4 client",
+            simulator_endpoint,
+            evidence=Evidence.PROJECT_SIMULATOR,
+            backend=SIMULATOR_NAME,
+            backend_version=SIMULATOR_VERSION,
+            imitates=f"{ENGINE_NAME} {ENGINE_FULL_VERSION}",
+            hooks=EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node),
+        ),
+    )
