@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import virtdrivers
-from virtdrivers import Capability, Driver, Leftover
+from virtdrivers import Capability, Driver, InstanceInfo, Leftover
 
 __all__ = ["KillReport", "kill_trials"]
 
@@ -46,14 +46,22 @@ _CHILD = textwrap.dedent(
     import virtdrivers
     name, settings_path, prefix = sys.argv[1:4]
     settings = json.loads(open(settings_path).read())
+    def spec(i):
+        return {"name": f"{prefix}{i}", "vcpus": 1, "memory_mb": 128, "disks": [{"size_gib": 1}]}
+
     with virtdrivers.load(name, **settings) as driver:
-        print("ready", flush=True)
+        # One create before "ready": the first pays for imports and model building in this
+        # process, and a kill timed from "ready" must land in backend work, not in Python's.
+        warm = driver.create(spec("w"))
+        print("ready", warm.id, flush=True)
         for i in itertools.count():
-            spec = {"name": f"{prefix}{i}", "vcpus": 1, "memory_mb": 128, "disks": [{"size_gib": 1}]}
-            info = driver.create(spec)
+            info = driver.create(spec(i))
             print("done", info.id, time.monotonic(), flush=True)
     """
 )
+
+#: What every create of the child asks for, so a finished instance can be recognised by inspection.
+_SHAPE = {"vcpus": 1, "memory_mb": 128, "disk_gib": [1]}
 
 
 @dataclass
@@ -66,11 +74,14 @@ class KillReport:
     completed: int
     """Creates that finished before a kill: legitimate instances, not leftovers."""
     visible_before: int
-    """Instances of the run that the listings (managed and unmanaged) show although their create never finished."""
+    """Instances of the run that the listings (managed and unmanaged) show although no create reported them."""
     found_before: int
     """What ``reap(dry_run=True)`` found before reaping."""
     found_after: int
     visible_after: int
+    """Instances of the run still listed after reaping that are not whole: these are leftovers reap missed."""
+    unacknowledged: int = 0
+    """Whole instances no create reported: the backend finished the create, the agent died before hearing so."""
     removed: list[Leftover] = field(default_factory=list)
 
     def line(self) -> str:
@@ -81,7 +92,8 @@ class KillReport:
         return (
             f"{self.target}: {self.kills} kills within {self.window_s:.2f}s, {self.completed} creates completed; "
             f"before reap: {self.visible_before} unfinished instances listed, {self.found_before} leftovers found; "
-            f"reaped {removed}; after: {self.visible_after} listed, {self.found_after} found"
+            f"reaped {removed}; after: {self.visible_after} listed, {self.found_after} found "
+            f"(and {self.unacknowledged} whole instances whose create finished unacknowledged)"
         )
 
 
@@ -103,10 +115,11 @@ def _spawn(name: str, settings_path: Path, prefix: str) -> subprocess.Popen[str]
         text=True,
     )
     line = _read_line(proc, time.monotonic() + 120)
-    if line is None or line.strip() != "ready":
+    if line is None or not line.startswith("ready "):
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"the create child for {name!r} did not connect (got {line!r})")
+        raise RuntimeError(f"the create child for {name!r} did not connect and create (got {line!r})")
+    proc.warm_id = line.split()[1]  # type: ignore[attr-defined]
     return proc
 
 
@@ -116,7 +129,8 @@ def _kill(proc: subprocess.Popen[str]) -> list[str]:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.stdout is not None
-    return [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("done ")]
+    done = [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("done ")]
+    return [proc.warm_id, *done]  # type: ignore[attr-defined]
 
 
 def _calibrate(name: str, settings_path: Path, prefix: str) -> tuple[float, list[str]]:
@@ -170,17 +184,27 @@ def kill_trials(
     driver = connect() if connect else virtdrivers.load(name, **settings)
     with driver:
 
-        def unfinished() -> list[str]:
+        def unreported() -> list[InstanceInfo]:
             listed = list(driver.list_instances())
             if driver.supports(Capability.ADOPT):
                 listed += driver.list_unmanaged()
-            return [i.id for i in listed if i.name.startswith(run) and i.id not in completed]
+            return [i for i in listed if i.name.startswith(run) and i.id not in completed]
 
-        visible_before = len(unfinished())
+        def whole(info: InstanceInfo) -> bool:
+            return info.managed and (info.vcpus, info.memory_mb, [d.size_gib for d in info.disks]) == (
+                _SHAPE["vcpus"],
+                _SHAPE["memory_mb"],
+                _SHAPE["disk_gib"],
+            )
+
+        visible_before = len(unreported())
         found_before = len(driver.reap(dry_run=True))
         removed = driver.reap()
         found_after = len(driver.reap(dry_run=True))
-        visible_after = len(unfinished())
+        left = unreported()
+        unacknowledged = [i.id for i in left if whole(i)]
+        visible_after = len(left) - len(unacknowledged)
+        completed.update(unacknowledged)
         for instance_id in completed:
             with contextlib.suppress(virtdrivers.NotFound):
                 driver.destroy(instance_id)
@@ -193,5 +217,6 @@ def kill_trials(
         found_before=found_before,
         found_after=found_after,
         visible_after=visible_after,
+        unacknowledged=len(unacknowledged),
         removed=removed,
     )

@@ -561,7 +561,7 @@ def test_create_cut_off_by_timeout_is_purged() -> None:
             with pytest.raises(Timeout):
                 d.create(spec)
             state = sim.model.snapshot_state()
-            assert state == {"vms": {}, "vhds": [], "groups": {}}
+            assert state == {"vms": {}, "vhds": [], "groups": {}, "dirs": [], "files": []}
             assert d.session.round_trips["Command"] >= 2  # the create, then the purge
             assert d.list_instances() == []
 

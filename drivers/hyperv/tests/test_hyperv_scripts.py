@@ -94,6 +94,15 @@ def test_every_body_leaves_room_for_arguments_under_the_cmd_limit() -> None:
     }
     for name in scripts.SCRIPTS:
         assert len(scripts.command_line(scripts.render(name, big))) <= scripts.CMD_LIMIT
+    # The two scripts that carry a create token (the longest a CreateToken gets) in several fields.
+    token = "vdc1-0123456789ab-4194304-123456789-1700000000-" + "h" * 64
+    notes = json.loads(big["notes"])
+    marked = json.dumps({**notes, "create": token})
+    folder = f"C:\\ClusterStorage\\Volume1\\virtdrivers\\vd-{token}"
+    create = {k: big[k] for k in ("name", "node", "disks")} | {"dir": folder, "notes": marked, "cpu": 2, "mem": 2**31}
+    completion = {"id": big["id"], "dir": folder, "token": token, "was": marked, "notes": big["notes"]}
+    for name, args in (("create", create), ("complete", completion)):
+        assert len(scripts.command_line(scripts.render(name, args))) <= scripts.CMD_LIMIT
 
 
 def test_oversized_arguments_go_on_stdin_with_the_same_body() -> None:

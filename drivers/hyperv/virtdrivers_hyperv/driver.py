@@ -9,10 +9,13 @@ imported only by :mod:`virtdrivers_hyperv.session`, when connecting.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import re
+import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import virtdrivers
 from virtdrivers.capabilities import Capability, DiskFormat
@@ -37,25 +40,37 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     NodeInfo,
     SnapshotInfo,
 )
+from virtdrivers.reaping import CreateToken
 from virtdrivers_hyperv import mapping
-from virtdrivers_hyperv.events import EventHub
 from virtdrivers_hyperv.session import HypervSession, HypervSettings
+
+if TYPE_CHECKING:
+    from virtdrivers_hyperv.events import EventHub
 
 __all__ = ["HA_METADATA_KEY", "HypervDriver"]
 
+log = logging.getLogger(__name__)
+
 #: ``spec.metadata[HA_METADATA_KEY] = "true"`` makes create add the VM as a clustered role at once.
 HA_METADATA_KEY = "hyperv.ha"
+#: The VM ids Hyper-V issues and this driver hands out: a GUID, in its canonical 8-4-4-4-12 form.
+_VM_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 def _check_id(instance_id: str) -> str:
-    """Hyper-V VM ids are GUIDs; anything else cannot exist, so it is not sent."""
-    try:
-        return str(uuid.UUID(instance_id))
-    except (ValueError, AttributeError, TypeError):
-        raise InstanceNotFound(str(instance_id)) from None
+    """Hyper-V VM ids are GUIDs; anything else cannot exist, so it is not sent.
+
+    Only the canonical form the driver itself returns is accepted (no braces, no ``urn:uuid:``,
+    no trailing newline as ``uuid.UUID`` or a ``$``-anchored pattern would let through): one
+    instance has one id.
+    """
+    if not isinstance(instance_id, str) or _VM_ID.fullmatch(instance_id) is None:
+        raise InstanceNotFound(str(instance_id)[:100])
+    return instance_id.lower()
 
 
 def _check_snapshot_id(snapshot_id: str) -> str:
@@ -108,6 +123,7 @@ class HypervDriver(Driver):
             Capability.ADOPT,
             Capability.EVENTS,
             Capability.DISK_VHDX,
+            Capability.REAP,
         }
     )
     settings_model = HypervSettings
@@ -143,10 +159,18 @@ class HypervDriver(Driver):
         instance_id: str | None = None,
         session: HypervSession | None = None,
         extra_time: float = 0.0,
+        deadline: float | None = None,
+        signal_later: bool = False,
     ) -> Any:
-        """Run one fixed script; ``extra_time`` lengthens its deadline by a wait the caller asked for."""
+        """Run one fixed script by ``deadline`` (monotonic), else within ``task_timeout``.
+
+        ``extra_time`` lengthens the default deadline by a wait the caller asked for;
+        ``signal_later`` is :meth:`HypervSession.run`'s.
+        """
         timeout = self.settings.task_timeout + extra_time if extra_time else None
-        result = (session or self.session).run(script, args, timeout=timeout)
+        result = (session or self.session).run(
+            script, args, timeout=timeout, deadline=deadline, signal_later=signal_later
+        )
         if result.exit_code != 0 or (result.stderr and not result.stdout):
             raise mapping.error_from(mapping.parse_clixml(result.stderr), instance_id=instance_id)
         return mapping.parse_output(result.stdout)
@@ -174,8 +198,12 @@ class HypervDriver(Driver):
             raise InstanceNotFound(instance_id)
         return info
 
-    def _disk_dir(self) -> str:
-        return f"{self.settings.storage_path}\\vd-{uuid.uuid4()}"
+    def _disk_dir(self, token: str) -> str:
+        """The folder of one create's disks: named after its token, so a disk it leaves is traceable."""
+        return f"{self._root()}\\vd-{token}"
+
+    def _root(self) -> str:
+        return self.settings.storage_path.rstrip("\\/")
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -223,35 +251,68 @@ class HypervDriver(Driver):
         return self._managed(instance_id)
 
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        """Make the VM, its disks and settings in one script, then mark the create complete.
+
+        Crash safety (REAP): the create's token (:class:`~virtdrivers.reaping.CreateToken`)
+        names the disk folder, made first, and is in the Notes from the cmdlet after New-VM;
+        the completion step (a second script) marks the folder complete and drops the token
+        from the Notes. A create killed anywhere before that leaves only token-carrying
+        things, which :meth:`reap` finds. The whole call, cleanup included, ends within
+        ``task_timeout``: the create and completion scripts get it less a cleanup reserve.
+        """
         _check_memory(spec.memory_mb)
         _check_formats(spec.disks)
         if progress:
             progress(0.0, "creating the VM, its VHDX disks and settings in one script")
-        labels = {f"disk{i}.vhdx": d.label for i, d in enumerate(spec.disks) if d.label}
-        token = uuid.uuid4().hex
-        directory = self._disk_dir()
-        args = {
-            "name": spec.name,
-            "cpu": spec.vcpus,
-            "mem": spec.memory_mb * mapping.MIB,
-            "dir": directory,
-            "disks": [{"size": d.size_gib * mapping.GIB, "fixed": not d.thin} for d in spec.disks],
-            "notes": mapping.encode_notes(dict(spec.metadata), labels, token=token),
-            "start": spec.start,
-            "ha": spec.metadata.get(HA_METADATA_KEY, "").lower() == "true",
-            "node": spec.node,
-        }
+        token = CreateToken.new().encode()
+        args = self._create_args(spec, token)
+        directory, notes = args["dir"], args["notes"]
+        budget = self.settings.task_timeout
+        deadline = time.monotonic() + budget
+        work_deadline = deadline - min(max(budget * 0.25, 0.5), 30.0)
         try:
-            value = self._run("create", args)
-        except (Timeout, BackendUnavailable):
-            # The script was cut off before its own rollback could run: remove what it made.
-            with contextlib.suppress(DriverError):
-                self._run("purge", {"token": token, "dir": directory})
+            vid = str(self._run("create", args, deadline=work_deadline)).lower()
+            if progress:
+                progress(0.9, "marking the create complete")
+            done = {
+                "id": vid,
+                "dir": directory if spec.disks else None,
+                "token": token,
+                "was": notes,
+                "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec)),
+            }
+            value = self._run("complete", done, instance_id=vid, deadline=work_deadline, signal_later=True)
+        except DriverError as exc:
+            # Cut off before the script's own rollback could run (deadline, lost connection, or
+            # powershell.exe dying on the host: an error that is no PowerShell error record), or
+            # before the create was marked complete: remove what carries the token now, in the
+            # time left. Whatever this cannot remove carries the token, and reap finds it later.
+            if isinstance(exc, (Timeout, BackendUnavailable)) or type(exc) is DriverError:
+                with contextlib.suppress(DriverError):
+                    self._run("purge", {"token": token, "dir": directory}, deadline=deadline)
             raise
         info = self._seen(mapping.instance_from(mapping.as_list(value)[0]))
         if progress:
             progress(1.0, "created")
         return info
+
+    @staticmethod
+    def _labels(spec: InstanceSpec) -> dict[str, str]:
+        return {f"disk{i}.vhdx": d.label for i, d in enumerate(spec.disks) if d.label}
+
+    def _create_args(self, spec: InstanceSpec, token: str) -> dict[str, Any]:
+        """The create script's arguments: the token names the disk folder and is in the Notes."""
+        return {
+            "name": spec.name,
+            "cpu": spec.vcpus,
+            "mem": spec.memory_mb * mapping.MIB,
+            "dir": self._disk_dir(token),
+            "disks": [{"size": d.size_gib * mapping.GIB, "fixed": not d.thin} for d in spec.disks],
+            "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec), token=token),
+            "start": spec.start,
+            "ha": spec.metadata.get(HA_METADATA_KEY, "").lower() == "true",
+            "node": spec.node,
+        }
 
     def destroy(self, instance_id: str) -> None:
         vid = _check_id(instance_id)
@@ -269,7 +330,10 @@ class HypervDriver(Driver):
         return self._vm("stop", instance_id, extra_time=wait, timeout=wait, force=force or wait == 0)
 
     def reboot(self, instance_id: str, *, hard: bool = False) -> InstanceInfo:
-        return self._vm("reboot", instance_id, hard=hard)
+        # Soft: a guest that ignores the shutdown request gets soft_reboot_timeout, then is turned off and
+        # started, instead of holding a plain Stop-VM (and the caller) until the task deadline.
+        grace = 0 if hard else math.ceil(self.settings.soft_reboot_timeout)
+        return self._vm("reboot", instance_id, extra_time=grace, hard=hard, timeout=grace)
 
     def list_nodes(self) -> list[NodeInfo]:
         return mapping.nodes_from(self._run("nodes"))
@@ -418,6 +482,75 @@ class HypervDriver(Driver):
         original = notes if isinstance(notes, str) else None
         return self._vm("set_notes", vid, any=True, notes=mapping.encode_notes({}, {}, original))
 
+    # -- crash safety ------------------------------------------------------------------------------
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        """Find (one script) and remove (a second one) what interrupted creates left.
+
+        Leftovers are VMs whose Notes still carry an abandoned create token, and disks in a
+        create's token folder that no VM refers to and that was never marked complete. Whether
+        a token is abandoned is decided here (only this side can see its own processes); the
+        removal script checks the rest again on the host. While a cluster node is down its VMs
+        are invisible and might use a folder that looks unused, so no disk is reaped then.
+        """
+        raw = self._run("leftovers", {"root": self._root()})
+        raw = raw if isinstance(raw, dict) else {}
+        found: list[Leftover] = []
+        vms: list[dict[str, str]] = []
+        reaped_tokens: set[str] = set()
+        for vm in mapping.as_list(raw.get("Vms")):
+            token = mapping.create_token_of(vm.get("Notes"))
+            decoded = CreateToken.decode(token)
+            if token is None or decoded is None or not decoded.abandoned(grace_s):
+                continue
+            info = mapping.instance_from(vm)
+            found.append(
+                Leftover(
+                    kind="instance",
+                    ref=info.id,
+                    name=info.name,
+                    node=info.node,
+                    token=token,
+                    reason="its create never completed, and its process is gone or the grace period is over",
+                )
+            )
+            vms.append({"id": info.id, "token": token})
+            reaped_tokens.add(token)
+        down = mapping.as_list(raw.get("Down"))
+        if down:
+            log.warning("hyperv: reap leaves disks alone while nodes %s are down", ", ".join(map(str, down)))
+        dirs: list[str] = []
+        for folder in [] if down else mapping.as_list(raw.get("Dirs")):
+            path = str(folder.get("Path") or "")
+            owner = CreateToken.decode(mapping.file_name(path))
+            if owner is None or folder.get("Done") or not owner.abandoned(grace_s):
+                continue
+            if folder.get("Used"):
+                if owner.encode() in reaped_tokens:
+                    dirs.append(path)  # its VM is reaped above, its disks with it; then the folder goes
+                continue
+            dirs.append(path)
+            found += [
+                Leftover(
+                    kind="disk",
+                    ref=str(f),
+                    name=mapping.file_name(str(f)),
+                    token=owner.encode(),
+                    reason="a disk of a create that never completed, and no instance refers to it",
+                )
+                for f in mapping.as_list(folder.get("Files"))
+            ]
+        if dry_run or not (vms or dirs):
+            return found
+        gone = {str(g).lower() for g in mapping.as_list(self._run("reap", {"vms": vms, "dirs": dirs}))}
+        removed_dirs = {d.lower() for d in dirs if d.lower() in gone}
+        return [
+            f
+            for f in found
+            if (f.kind == "instance" and f.ref in gone)
+            or (f.kind == "disk" and f.ref.replace("/", "\\").rsplit("\\", 1)[0].lower() in removed_dirs)
+        ]
+
     # -- events ------------------------------------------------------------------------------------------
 
     def _poll_list(self) -> list[InstanceInfo]:
@@ -434,5 +567,7 @@ class HypervDriver(Driver):
     def subscribe(self, callback: EventCallback) -> Subscription:
         self.session  # noqa: B018  # refuse before starting threads when not connected
         if self._events is None:
+            from virtdrivers_hyperv.events import EventHub  # threads and logging only when someone listens
+
             self._events = EventHub(self._poll_list, self.settings.event_poll_interval)
         return self._events.subscribe(callback)

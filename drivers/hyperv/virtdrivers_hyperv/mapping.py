@@ -21,7 +21,6 @@ import binascii
 import datetime
 import json
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +54,7 @@ __all__ = [
     "PSError",
     "aggregates_from",
     "as_list",
+    "create_token_of",
     "decode_notes",
     "disk_from",
     "encode_notes",
@@ -190,6 +190,20 @@ def decode_notes(notes: Any) -> tuple[bool, dict[str, str], dict[str, str]]:
     return True, {str(k): str(v) for k, v in meta.items()}, {str(k): str(v) for k, v in labels.items()}
 
 
+def create_token_of(notes: Any) -> str | None:
+    """The create token in a managed VM's Notes while its create has not completed, else None."""
+    if not isinstance(notes, str) or not notes.startswith("{"):
+        return None
+    try:
+        doc = json.loads(notes)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or NOTES_MARKER not in doc or not isinstance(doc.get("create"), str):
+        return None
+    token: str = doc["create"]
+    return token
+
+
 def file_name(path: str) -> str:
     return path.replace("/", "\\").rsplit("\\", 1)[-1]
 
@@ -318,6 +332,8 @@ def parse_clixml(stderr: bytes) -> PSError:
     text = stderr.decode("utf-8", errors="replace")
     if not text.startswith("#< CLIXML"):
         return PSError(message=text.strip() or "command failed without a message")
+    import xml.etree.ElementTree as ET  # only when an error comes back: listing the driver stays light
+
     xml = text.split("\n", 1)[1] if "\n" in text else ""
     try:
         root = ET.fromstring(xml)

@@ -25,10 +25,12 @@ from typing import Any
 
 __all__ = [
     "CMD_LIMIT",
+    "COMPLETE_MARKER",
     "DATA_PREFIX",
     "DATA_SUFFIX",
     "SCRIPTS",
     "STDIN_LINE",
+    "TOKEN_DIR_PREFIX",
     "ScriptTooLong",
     "body_digest",
     "command_line",
@@ -114,6 +116,48 @@ _TARGET = (
 )
 
 
+# A node name from the caller goes to -ComputerName only when it names a node of this cluster:
+# anything else would make the host connect to whatever computer the string names.
+_NODE = (
+    "function Test-VDNode($x){if(-not $x){return};$k=if(Get-Command Get-ClusterNode -EA 0)"
+    "{@(Get-ClusterNode|%{$_.Name})}else{@($env:COMPUTERNAME)}\n"
+    'if(-not ($k -contains $x)){Fail "No node named $x in this cluster." ObjectNotFound VDNoSuchNode}}\n'
+)
+
+#: Prefix of the folder each create makes for its disks: ``vd-`` then the create's token.
+TOKEN_DIR_PREFIX = "vd-vdc1-"
+#: File a create's last step writes into its folder: from then on nothing in it is a leftover.
+COMPLETE_MARKER = "vd-complete"
+
+# Folders (lower case) that hold a disk of any of $vms: nothing in them is ever reaped.
+_USED = (
+    "function Get-VDUsed($vms){$u=@{};foreach($v in $vms){foreach($d in $v.HardDrives){if($d.Path)"
+    "{$u[(Split-Path -Parent $d.Path).ToLowerInvariant()]=1}}};$u}\n"
+)
+
+# Remove a VM (role, saved state, checkpoints, record, disk files), then each folder of its disks
+# that this driver made (``vd-*``) once nothing but the completion marker is left in it.
+_REMOVE_VM = (
+    "function Remove-VDVM($v){$p=@($v.HardDrives|?{$_.Path}|%{$_.Path})\n"
+    "if($v.IsClustered){Get-ClusterGroup -Name ([string]$v.Id) -EA 0|Remove-ClusterGroup -RemoveResources -Force}\n"
+    "if($v.State -eq 'Saved'){Remove-VMSavedState -VM $v}elseif($v.State -ne 'Off'){Stop-VM -VM $v -TurnOff -Force}\n"
+    "Get-VMSnapshot -VM $v|Remove-VMSnapshot;Remove-VM -VM $v -Force\n"
+    "foreach($f in $p){Remove-Item -LiteralPath $f -Force -EA 0}\n"
+    "foreach($d in @($p|%{Split-Path -Parent $_}|Sort-Object -Unique)){if((Split-Path -Leaf $d) -like 'vd-*' -and "
+    f"-not @(Get-ChildItem -LiteralPath $d -EA 0|?{{$_.Name -ne '{COMPLETE_MARKER}'}}).Count)"
+    "{Remove-Item -LiteralPath $d -Recurse -Force -EA 0}}}\n"
+)
+
+# Remove a create's token folder only when it is one (by name), no VM refers to it ($u) and it is
+# not marked complete.
+_REMOVE = (
+    _REMOVE_VM + "function Remove-VDDir($d,$u){if(-not $d -or -not (Test-Path -LiteralPath $d) -or "
+    f"(Split-Path -Leaf $d) -notlike '{TOKEN_DIR_PREFIX}*' -or $u.ContainsKey($d.ToLowerInvariant()) -or "
+    f"(Test-Path -LiteralPath (Join-Path $d '{COMPLETE_MARKER}'))){{return $false}}\n"
+    "Remove-Item -LiteralPath $d -Recurse -Force;$true}\n"
+)
+
+
 def _vm_op(body: str, *extra: str) -> str:
     """A script acting on one VM found by ``$a.id`` and answering with its projection."""
     return (
@@ -147,7 +191,7 @@ SCRIPTS: dict[str, str] = {
     "else{Out-VD @()}\n",
     "list": _PRELUDE + _OUT + _NODES + _INFO + "Out-VD @(Get-VDInfo @(Get-VM -ComputerName (Get-VDNodes)))\n",
     "get": _vm_op(""),
-    "host": _PRELUDE + _OUT + "$n=if($a.node){$a.node}else{$env:COMPUTERNAME}\n"
+    "host": _PRELUDE + _OUT + _NODE + "Test-VDNode $a.node;$n=if($a.node){$a.node}else{$env:COMPUTERNAME}\n"
     "$h=Get-VMHost -ComputerName $n\n"
     "$r=@(Get-VM -ComputerName $n|?{$_.State -eq 'Running' -or $_.State -eq 'Paused'})\n"
     "$c=($r|Measure-Object -Property ProcessorCount -Sum).Sum;$m=($r|Measure-Object -Property MemoryStartup -Sum).Sum\n"
@@ -155,20 +199,24 @@ SCRIPTS: dict[str, str] = {
     "Out-VD ([pscustomobject]@{Name=$h.ComputerName;Cpu=$h.LogicalProcessorCount;Mem=$h.MemoryCapacity;"
     "CpuUsed=[int]$c;MemUsed=[long]$m;DiskSize=$v.Size;DiskFree=$v.SizeRemaining;"
     "Ver=(Get-CimInstance -ClassName Win32_OperatingSystem -ComputerName $n).Version})\n",
-    "create": _PRELUDE + _OUT + _NODES + _INFO + "$all=Get-VDNodes\n"
+    # The token travels first: the disk folder ($a.dir, named after it) and the disks in it are made
+    # before New-VM, and the VM's Notes carry it from the cmdlet right after New-VM (which has no
+    # -Notes parameter); the disks are attached after that.
+    # It answers with the new VM's id only: the completion step answers with the whole projection.
+    "create": _PRELUDE + _OUT + _NODES + _NODE + "$all=Get-VDNodes;Test-VDNode $a.node\n"
     "if(@(Get-VM -ComputerName $all|?{$_.Name -eq $a.name}).Count){Fail "
     '"A virtual machine named $($a.name) exists already." ResourceExists VDNameExists}\n'
     "$n=if($a.node){$a.node}else{$all|Sort-Object{(Get-VM -ComputerName $_|Measure-Object -Property "
     "MemoryStartup -Sum).Sum}|Select-Object -First 1}\n"
     "$vm=$null;$g=$null;$made=@()\n"
     "try{\n"
-    "$vm=New-VM -ComputerName $n -Name $a.name -Generation 2 -MemoryStartupBytes $a.mem -NoVHD\n"
-    "Set-VM -VM $vm -Notes $a.notes\n"
     "if($a.disks.Count){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}\n"
     '$i=0;foreach($d in $a.disks){$f=Join-Path $a.dir "disk$i.vhdx";$i++\n'
     "if($d.fixed){New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Fixed|Out-Null}"
-    "else{New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Dynamic|Out-Null}\n"
-    "$made+=$f;Add-VMHardDiskDrive -VM $vm -Path $f}\n"
+    "else{New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Dynamic|Out-Null};$made+=$f}\n"
+    "$vm=New-VM -ComputerName $n -Name $a.name -Generation 2 -MemoryStartupBytes $a.mem -NoVHD\n"
+    "Set-VM -VM $vm -Notes $a.notes\n"
+    "foreach($f in $made){Add-VMHardDiskDrive -VM $vm -Path $f}\n"
     "Set-VMProcessor -VM $vm -Count $a.cpu\n"
     "Set-VMMemory -VM $vm -DynamicMemoryEnabled $false -StartupBytes $a.mem\n"
     "if($a.ha){$g=Add-ClusterVirtualMachineRole -VMId $vm.Id -Name ([string]$vm.Id)}\n"
@@ -179,27 +227,51 @@ SCRIPTS: dict[str, str] = {
     "foreach($f in $made){Remove-Item -LiteralPath $f -Force -EA 0}\n"
     "if($a.disks.Count){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}\n"
     "throw $e}\n"
-    "Out-VD @(Get-VDInfo @(Get-VM -ComputerName $n -Id $vm.Id))\n",
-    "destroy": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
-    "$p=@($vm.HardDrives|?{$_.Path}|%{$_.Path})\n"
-    "if($vm.IsClustered){Get-ClusterGroup -Name ([string]$vm.Id) -EA 0|"
-    "Remove-ClusterGroup -RemoveResources -Force}\n"
-    "if($vm.State -eq 'Saved'){Remove-VMSavedState -VM $vm}elseif($vm.State -ne 'Off'){Stop-VM -VM $vm"
-    " -TurnOff -Force}\n"
-    "Get-VMSnapshot -VM $vm|Remove-VMSnapshot\n"
-    "Remove-VM -VM $vm -Force\n"
-    "foreach($f in $p){Remove-Item -LiteralPath $f -Force -EA 0}\n"
-    "Out-VD @()\n",
-    # After a create that was cut off (timeout, lost connection): remove what carries its token.
+    "Out-VD ([string]$vm.Id)\n",
+    "destroy": _PRELUDE + _OUT + _NODES + _FIND + _REMOVE_VM + "Remove-VDVM (Get-VDVM $a.id)\nOut-VD @()\n",
+    # After a create that was cut off (timeout, lost connection): remove what carries its token. The
+    # folder goes only when no VM refers to it and it is not marked complete: if the create did finish
+    # (its completion step ran before the connection was lost) its VM and disks are left alone.
     "purge": _PRELUDE
     + _OUT
     + _NODES
-    + "$vms=@(Get-VM -ComputerName (Get-VDNodes)|?{$_.Notes -and $_.Notes.Contains($a.token)})\n"
-    "foreach($vm in $vms){if($vm.IsClustered){Get-ClusterGroup -Name ([string]$vm.Id) -EA 0|"
-    "Remove-ClusterGroup -RemoveResources -Force}\n"
-    "if($vm.State -ne 'Off'){Stop-VM -VM $vm -TurnOff -Force -EA 0};Remove-VM -VM $vm -Force}\n"
-    "if(Test-Path -LiteralPath $a.dir){Remove-Item -LiteralPath $a.dir -Recurse -Force}\n"
+    + _USED
+    + _REMOVE
+    + "$all=Get-VDNodes;$vms=@(Get-VM -ComputerName $all|?{$_.Notes -and $_.Notes.Contains($a.token)})\n"
+    "foreach($vm in $vms){Remove-VDVM $vm}\n"
+    "Remove-VDDir $a.dir (Get-VDUsed @(Get-VM -ComputerName $all))|Out-Null\n"
     "Out-VD @($vms|%{[string]$_.Id})\n",
+    # A create's last step: mark its folder complete (so a disk later detached and kept is never
+    # taken for a leftover), then drop the token from the Notes, only if they are still the create's.
+    "complete": _vm_op(
+        "if($a.dir -and (Test-Path -LiteralPath $a.dir)){Set-Content -LiteralPath (Join-Path $a.dir "
+        + f"'{COMPLETE_MARKER}') -Value $a.token}}\n"
+        + "if($vm.Notes -ceq $a.was){Set-VM -VM $vm -Notes $a.notes;$vm=Get-VDFresh $vm}\n"
+    ),
+    # What interrupted creates may have left: VMs whose Notes carry a create token, and the token
+    # folders under $a.root with whether any VM refers to them and whether they are marked complete.
+    # The driver decides which tokens are abandoned (it knows which processes are alive).
+    "leftovers": _PRELUDE
+    + _OUT
+    + _NODES
+    + _USED
+    + "$vms=@(Get-VM -ComputerName (Get-VDNodes));$u=Get-VDUsed $vms;$dirs=@()\n"
+    "if(Test-Path -LiteralPath $a.root){$dirs=@(Get-ChildItem -LiteralPath $a.root -Directory -Filter "
+    + f"'{TOKEN_DIR_PREFIX}*'|%{{[pscustomobject]@{{Path=$_.FullName;"
+    + "Used=$u.ContainsKey($_.FullName.ToLowerInvariant());"
+    + f"Done=(Test-Path -LiteralPath (Join-Path $_.FullName '{COMPLETE_MARKER}'));"
+    + "Files=@(Get-ChildItem -LiteralPath $_.FullName -File -Filter '*.vhdx'|%{$_.FullName})}})}\n"
+    "$down=@();if(Get-Command Get-ClusterNode -EA 0){$down=@(Get-ClusterNode|?{$_.State -ne 'Up'}|%{$_.Name})}\n"
+    "Out-VD ([pscustomobject]@{Vms=@($vms|?{$_.Notes -and $_.Notes.Contains('vdc1-')}|%{[pscustomobject]@{"
+    "Id=[string]$_.Id;Name=$_.Name;Host=$_.ComputerName;Notes=$_.Notes}});Dirs=$dirs;Down=$down})\n",
+    # Remove what the driver found abandoned, checking again on the host: a VM only while its Notes
+    # still carry that token, a folder only while no VM refers to it and it is not marked complete.
+    "reap": _PRELUDE + _OUT + _NODES + _USED + _REMOVE + "$all=Get-VDNodes;$gone=@()\n"
+    "foreach($x in @($a.vms)){$v=Get-VM -ComputerName $all -Id $x.id -EA 0\n"
+    "if($v -and $v.Notes -and $v.Notes.Contains($x.token)){Remove-VDVM $v;$gone+=[string]$v.Id}}\n"
+    "$u=Get-VDUsed @(Get-VM -ComputerName $all)\n"
+    "foreach($d in @($a.dirs)){if(Remove-VDDir $d $u){$gone+=$d}}\n"
+    "Out-VD @($gone)\n",
     "start": _vm_op("if($vm.State -ne 'Running'){Start-VM -VM $vm}\n"),
     "stop": _vm_op(
         "if($vm.State -ne 'Off'){\n"
@@ -209,10 +281,12 @@ SCRIPTS: dict[str, str] = {
         "if($vm.State -eq 'Saved'){Remove-VMSavedState -VM $vm}elseif($vm.State -ne 'Off')"
         "{Stop-VM -VM $vm -TurnOff -Force}}\n"
     ),
+    # Soft: the guest gets $a.timeout seconds to shut down (as in stop), then it is turned off and started.
     "reboot": _vm_op(
-        "if($a.hard){Restart-VM -VM $vm -Force}else{\n"
-        + _REQUIRE_RUNNING
-        + "Stop-VM -VM $vm -Force;Start-VM -VM $vm}\n"
+        "if($a.hard){Restart-VM -VM $vm -Force}else{\n" + _REQUIRE_RUNNING + "$j=Stop-VM -VM $vm -Force -AsJob\n"
+        "if(-not (Wait-Job -Job $j -Timeout $a.timeout)){Stop-Job -Job $j};Remove-Job -Job $j -Force\n"
+        "$vm=Get-VDFresh $vm;if($vm.State -ne 'Off'){Stop-VM -VM $vm -TurnOff -Force}\n"
+        "Start-VM -VM $vm}\n"
     ),
     "pause": _vm_op("Suspend-VM -VM $vm\n"),
     "unpause": _vm_op("Resume-VM -VM $vm\n"),

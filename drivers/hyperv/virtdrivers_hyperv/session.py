@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -47,6 +48,12 @@ _SHELL_NOT_FOUND = 2150858843
 _STDIN_CHUNK = 65536
 #: UTF-8, so error text with non-ASCII names survives the trip.
 _CODEPAGE = 65001
+#: Least time one request may take near or past its operation's deadline: the Signal that stops a
+#: command cut off by the deadline, or a request that must still reach the host, gets this much.
+_MIN_REQUEST_S = 2.0
+#: Margin of the HTTP read timeout over a Receive's WS-Management OperationTimeout (the host answers
+#: a Receive with nothing yet at OperationTimeout): at most pywinrm's 10 s, at least 2 s near the deadline.
+_RECEIVE_MARGIN_S = (2.0, 10.0)
 
 
 class HypervSettings(DriverSettings):
@@ -71,6 +78,8 @@ class HypervSettings(DriverSettings):
     """WS-Management OperationTimeout of one Receive, in seconds; long scripts span several."""
     task_timeout: float = Field(default=900.0, gt=0)
     """Longest a single operation (one script) may run before Timeout."""
+    soft_reboot_timeout: float = Field(default=60.0, ge=0, le=3600)
+    """Seconds a guest gets to shut down in a soft reboot before it is turned off and started again."""
     event_poll_interval: float = Field(default=2.0, ge=0.1, le=3600)
     """Seconds between bulk listings that detect changes made outside this driver (events)."""
 
@@ -111,6 +120,8 @@ class HypervSession:
         self.scripts_run = 0
         #: Whether the credentials have worked once: later 401s then mean a lost connection.
         self._proven = False
+        #: Finished commands (shell, command id) whose Signal is still to be sent.
+        self._unsignalled: list[tuple[str, str]] = []
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -120,12 +131,14 @@ class HypervSession:
     def _clean(self, text: str) -> str:
         return redact(text, self._secrets())
 
-    def connect(self) -> None:
+    def connect(self, deadline: float | None = None) -> None:
         with self._lock:
             if self._protocol is None:
                 self._protocol = self._new_protocol()
             if self._shell is None:
-                self._shell = self._call("Create", lambda p: p.open_shell(codepage=_CODEPAGE), retryable=True)
+                self._shell = self._call(
+                    "Create", lambda p: p.open_shell(codepage=_CODEPAGE), retryable=True, deadline=deadline
+                )
 
     def _new_protocol(self) -> Protocol:
         from winrm.protocol import Protocol
@@ -169,7 +182,7 @@ class HypervSession:
     def close(self) -> None:
         with self._lock:
             protocol, shell = self._protocol, self._shell
-            self._protocol, self._shell = None, None
+            self._protocol, self._shell, self._unsignalled = None, None, []
             if protocol is None:
                 return
             try:
@@ -184,8 +197,28 @@ class HypervSession:
 
     # -- running scripts ----------------------------------------------------------------------------
 
-    def run(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> ScriptResult:
-        """Run fixed script ``name`` with ``args`` as data; reopen a lost shell once."""
+    def run(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        signal_later: bool = False,
+    ) -> ScriptResult:
+        """Run fixed script ``name`` with ``args`` as data; reopen a lost shell once.
+
+        It ends by ``deadline`` (a ``time.monotonic()`` value), else ``timeout`` seconds from
+        now, else ``task_timeout``: every HTTP request it sends is bounded by the time left, so
+        a host that stops answering (hung, or its packets dropped) is a Timeout by then, not
+        after pywinrm's own read timeout.
+
+        ``signal_later``: once the command has finished, the Signal that releases it on the host
+        is sent before the next command (or not at all when the shell is closed first) instead
+        of now, so the caller learns the outcome one round trip sooner. A create's completion
+        step uses it: a caller killed between the host committing a step and hearing of it is
+        what a crash leaves unaccounted for, and that window is now one round trip shorter.
+        """
         stdin: bytes | None = None
         try:
             command = scripts.command_line(scripts.render(name, args))
@@ -196,13 +229,15 @@ class HypervSession:
                 command = scripts.command_line(script)
             except scripts.ScriptTooLong as exc:  # a body alone over the limit is our bug
                 raise InvalidSpec(str(exc), field=name) from exc
-        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.task_timeout)
+        if deadline is None:
+            deadline = time.monotonic() + (timeout if timeout is not None else self.settings.task_timeout)
         with self._lock:
             self.scripts_run += 1
             for attempt in (1, 2):
                 try:
-                    self.connect()
-                    return self._execute(command, deadline, stdin)
+                    self.connect(deadline)
+                    self._signal_pending(deadline)
+                    return self._execute(command, deadline, stdin, signal_later)
                 except _Retry as retry:
                     # Nothing ran: the shell or the authenticated connection was gone. Start afresh once.
                     self._reset()
@@ -210,48 +245,91 @@ class HypervSession:
                         raise BackendUnavailable(f"Hyper-V: {retry}, twice in a row") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _execute(self, command: str, deadline: float, stdin: bytes | None) -> ScriptResult:
+    def _signal_pending(self, deadline: float) -> None:
+        """Release finished commands whose Signal was put off (see ``signal_later``); best effort."""
+        pending, self._unsignalled = self._unsignalled, []
+        for shell, command_id in pending:
+            if self._protocol is None or self._shell != shell:
+                return  # the shell is gone, and its commands with it
+            try:
+                self._call("Signal", lambda p, s=shell, c=command_id: p.cleanup_command(s, c), deadline=deadline)
+            except DriverError as exc:
+                log.debug("hyperv: signalling the end of an earlier command failed: %s", exc)
+
+    def _execute(self, command: str, deadline: float, stdin: bytes | None, signal_later: bool) -> ScriptResult:
         from winrm.exceptions import WinRMOperationTimeoutError
 
         shell = self._shell
         if shell is None:
             raise BackendUnavailable("Hyper-V: the WinRM shell was lost")
-        command_id: str = self._call("Command", lambda p: p.run_command(shell, command), retryable=True)
+        command_id: str = self._call(
+            "Command", lambda p: p.run_command(shell, command), retryable=True, deadline=deadline
+        )
         out: list[bytes] = []
         err: list[bytes] = []
+        finished = False
         try:
             if stdin is not None:
                 chunks = [stdin[i : i + _STDIN_CHUNK] for i in range(0, len(stdin), _STDIN_CHUNK)]
                 for n, chunk in enumerate(chunks):
                     last = n == len(chunks) - 1
-                    self._call("Send", lambda p, c=chunk, e=last: p.send_command_input(shell, command_id, c, end=e))
+                    self._call(
+                        "Send",
+                        lambda p, c=chunk, e=last: p.send_command_input(shell, command_id, c, end=e),
+                        deadline=deadline,
+                    )
             while True:
                 if time.monotonic() > deadline:
                     raise Timeout("Hyper-V: the operation did not finish in time")
                 try:
-                    o, e, code, done = self._call("Receive", lambda p: p.get_command_output_raw(shell, command_id))
+                    o, e, code, done = self._call(
+                        "Receive", lambda p: p.get_command_output_raw(shell, command_id), deadline=deadline
+                    )
                 except WinRMOperationTimeoutError:
                     continue  # nothing yet within OperationTimeout: the host is still working
                 out.append(o)
                 err.append(e)
                 if done:
+                    finished = True
                     return ScriptResult(b"".join(out), b"".join(err), code)
         finally:
             # Tell the host the command is over (or to stop it). Not when the connection was
             # just lost and reset under us: that shell is gone with it, and signalling it would
             # hide the BackendUnavailable being raised.
-            if self._protocol is not None and self._shell == shell:
+            if finished and signal_later:
+                self._unsignalled.append((shell, command_id))
+            elif self._protocol is not None and self._shell == shell:
                 try:
-                    self._call("Signal", lambda p: p.cleanup_command(shell, command_id))
+                    self._call("Signal", lambda p: p.cleanup_command(shell, command_id), deadline=deadline)
                 except DriverError as exc:
                     log.debug("hyperv: signalling the end of a command failed: %s", exc)
 
-    def _call(self, action: str, func: Any, *, retryable: bool = False) -> Any:
+    def _bound(self, protocol: Protocol, action: str, deadline: float | None) -> None:
+        """Fit this request's timeouts into the time its operation has left.
+
+        pywinrm takes both from the Protocol (the Receive's OperationTimeout header and the HTTP
+        read timeout): set per request, so a host that stops answering costs at most the time
+        left plus a small margin, never a full ``operation_timeout + 10`` past the deadline.
+        """
+        op = self.settings.operation_timeout
+        read = op + _RECEIVE_MARGIN_S[1]
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if action == "Receive":
+                op = max(1, min(op, math.floor(left)))
+                read = op + min(max(left - op, _RECEIVE_MARGIN_S[0]), _RECEIVE_MARGIN_S[1])
+            else:
+                read = min(max(left, _MIN_REQUEST_S), read)
+        protocol.operation_timeout_sec = op
+        protocol.transport.read_timeout_sec = read  # type: ignore[assignment]  # requests takes a float
+
+    def _call(self, action: str, func: Any, *, retryable: bool = False, deadline: float | None = None) -> Any:
         """One WS-Management request, with pywinrm's and requests' errors translated.
 
         ``retryable`` marks requests that start nothing on the host when they fail (Create,
         Command): losing the shell or, after a good start, the authenticated connection
         there raises :class:`_Retry` so :meth:`run` can reconnect and try once more.
+        A request still unanswered when its operation's time is up (``deadline``) is a Timeout.
         """
         import requests
         from winrm.exceptions import (
@@ -266,6 +344,7 @@ class HypervSession:
         if protocol is None:  # reset by a failure earlier in this operation
             raise BackendUnavailable("Hyper-V: the connection to the WinRM service was lost")
         self.round_trips[action] += 1
+        self._bound(protocol, action, deadline)
         try:
             result = func(protocol)
             self._proven = True
@@ -293,6 +372,12 @@ class HypervSession:
             raise BackendUnavailable(
                 self._clean(f"Hyper-V: TLS verification of {self.settings.endpoint} failed: {exc}")
             ) from exc
+        except requests.exceptions.Timeout as exc:
+            # No answer in the time left: the connection's state is unknown, so it is dropped.
+            self._reset()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"Hyper-V: no answer from {self.settings.endpoint} before the deadline") from exc
+            raise BackendUnavailable(self._clean(f"Hyper-V: {self.settings.endpoint} did not answer: {exc}")) from exc
         except requests.exceptions.RequestException as exc:
             self._reset()
             raise BackendUnavailable(self._clean(f"Hyper-V: cannot reach {self.settings.endpoint}: {exc}")) from exc

@@ -9,5 +9,8 @@ function Get-VDFresh($v){Get-VM -ComputerName $v.ComputerName -Id $v.Id}
 $vm=Get-VDVM $a.id
 if($a.hard){Restart-VM -VM $vm -Force}else{
 if($vm.State -ne 'Running'){Fail "The virtual machine is $($vm.State), it must be Running." InvalidOperation VDInvalidState}
-Stop-VM -VM $vm -Force;Start-VM -VM $vm}
+$j=Stop-VM -VM $vm -Force -AsJob
+if(-not (Wait-Job -Job $j -Timeout $a.timeout)){Stop-Job -Job $j};Remove-Job -Job $j -Force
+$vm=Get-VDFresh $vm;if($vm.State -ne 'Off'){Stop-VM -VM $vm -TurnOff -Force}
+Start-VM -VM $vm}
 Out-VD @(Get-VDInfo @(Get-VDFresh $vm))

@@ -9,6 +9,20 @@ It prints one JSON line (host, port, https, ca_file) once it listens, and stops 
 SIGTERM, SIGINT or when its stdin closes. See the package README for what it models.
 """
 
-from virtdrivers_hyperv.simulator.app import Simulator
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from virtdrivers_hyperv.simulator.app import Simulator
 
 __all__ = ["Simulator"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Simulator`` on first use: importing ``simulator.endpoint`` (as listing drivers does) stays light."""
+    if name == "Simulator":
+        from virtdrivers_hyperv.simulator.app import Simulator
+
+        return Simulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

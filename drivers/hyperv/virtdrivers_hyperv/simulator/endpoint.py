@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
 from virtdrivers.errors import BackendUnavailable
 from virtdrivers.testing.process import stop_child
-from virtdrivers_hyperv.simulator.app import PASSWORD_ENV
 
 if TYPE_CHECKING:
     from virtdrivers.driver import Driver
@@ -63,6 +62,8 @@ def simulator_process(
     such a test start a successor the same driver can reach again (a WinRM service
     restart). On exit, exactly this process is stopped (by PID) and its directory removed.
     """
+    from virtdrivers_hyperv.simulator.app import PASSWORD_ENV  # the simulator itself only when one starts
+
     scratch = Path(tempfile.mkdtemp(prefix="vd-hyperv-ep-"))
     password = password if password is not None else secrets.token_urlsafe(18)
     cmd = [

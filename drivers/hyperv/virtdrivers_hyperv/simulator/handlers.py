@@ -167,7 +167,15 @@ def h_list(m: Model, a: dict[str, Any]) -> Any:
     return _info(m, [v for v in m.vms.values() if v.host in up])
 
 
+def _test_node(m: Model, node: Any) -> None:
+    """Twin of ``Test-VDNode``: a caller's node name must name a node of this cluster (up or not)."""
+    known = [n.name for n in m.nodes.values()] if m.clustered else [m.local]
+    if node and str(node).lower() not in {k.lower() for k in known}:
+        raise _fail(f"No node named {node} in this cluster.", "ObjectNotFound", "VDNoSuchNode")
+
+
 def h_host(m: Model, a: dict[str, Any]) -> Any:
+    _test_node(m, a.get("node"))
     node = m.node(str(a.get("node") or m.local), "Get-VMHost")
     running = [v for v in m.vms.values() if v.host == node.name and v.state in (RUNNING, PAUSED)]
     return {
@@ -184,6 +192,7 @@ def h_host(m: Model, a: dict[str, Any]) -> Any:
 
 def h_create(m: Model, a: dict[str, Any]) -> Any:
     up = m.up_nodes()
+    _test_node(m, a.get("node"))
     if any(v.name.lower() == str(a["name"]).lower() for v in m.vms.values() if v.host in up):
         raise _fail(f"A virtual machine named {a['name']} exists already.", "ResourceExists", "VDNameExists")
     if a.get("node"):
@@ -195,12 +204,15 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
     group = None
     made: list[str] = []
     try:
-        vm = m.new_vm(str(a["name"]), host, int(a["mem"]))
-        vm.notes = str(a.get("notes") or "")
+        if a.get("disks"):
+            m.new_directory(str(a["dir"]))
         for i, d in enumerate(a.get("disks") or []):
             path = f"{a['dir']}\\disk{i}.vhdx"
-            m.new_vhd(path, int(d["size"]), bool(d.get("fixed")), vm.host)
+            m.new_vhd(path, int(d["size"]), bool(d.get("fixed")), host)
             made.append(path)
+        vm = m.new_vm(str(a["name"]), host, int(a["mem"]))
+        vm.notes = str(a.get("notes") or "")
+        for path in made:
             m.add_drive(vm, path)
         m.set_processor(vm, int(a["cpu"]))
         m.set_memory(vm, int(a["mem"]))
@@ -221,11 +233,16 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
         if a.get("disks"):
             m.remove_item(str(a["dir"]), recurse=True)
         raise
-    return _info(m, [vm])
+    return vm.id
 
 
 def h_destroy(m: Model, a: dict[str, Any]) -> Any:
-    vm = _find(m, a)
+    _remove_vm(m, _find(m, a))
+    return []
+
+
+def _remove_vm(m: Model, vm: VM) -> None:
+    """Twin of ``Remove-VDVM``: as destroy removes a VM (role, saved state, checkpoints, record, disk files)."""
     paths = list(vm.drives)
     group = m.group_of(vm)
     if group is not None:
@@ -240,23 +257,100 @@ def h_destroy(m: Model, a: dict[str, Any]) -> Any:
     for p in paths:
         with contextlib.suppress(PSFault):  # -ErrorAction SilentlyContinue
             m.remove_item(p)
-    return []
+    for folder in sorted({p.replace("/", "\\").rsplit("\\", 1)[0] for p in paths}):
+        leaf = folder.rsplit("\\", 1)[-1]
+        rest = [f for f in m.child_files(folder, "") if not f.lower().endswith("\\" + scripts.COMPLETE_MARKER)]
+        if leaf.lower().startswith("vd-") and not rest and not m.child_dirs(folder):
+            with contextlib.suppress(PSFault):
+                m.remove_item(folder, recurse=True)
+
+
+def _used(vms: list[VM]) -> set[str]:
+    """Twin of ``Get-VDUsed``: the folders (lower case) holding a disk of any of ``vms``."""
+    return {p.replace("/", "\\").rsplit("\\", 1)[0].lower() for v in vms for p in v.drives}
+
+
+def _remove_dir(m: Model, folder: Any, used: set[str]) -> bool:
+    """Twin of ``Remove-VDDir``: only a create's token folder no VM uses and not marked complete."""
+    if not folder or not m.test_path(str(folder)):
+        return False
+    path = str(folder)
+    leaf = path.replace("/", "\\").rstrip("\\").rsplit("\\", 1)[-1]
+    if not leaf.lower().startswith(scripts.TOKEN_DIR_PREFIX) or path.lower() in used:
+        return False
+    if m.test_path(f"{path}\\{scripts.COMPLETE_MARKER}"):
+        return False
+    m.remove_item(path, recurse=True)
+    return True
+
+
+def _visible(m: Model) -> list[VM]:
+    up = m.up_nodes()
+    return [v for v in m.vms.values() if v.host in up]
 
 
 def h_purge(m: Model, a: dict[str, Any]) -> Any:
-    up = m.up_nodes()
     token = str(a.get("token") or "")
-    vms = [v for v in list(m.vms.values()) if v.host in up and v.notes and token in v.notes]
+    vms = [v for v in _visible(m) if v.notes and token and token in v.notes]
     for vm in vms:
-        group = m.group_of(vm)
-        if group is not None:
-            m.remove_group(group)
-        if vm.state != OFF:
-            with contextlib.suppress(PSFault):
-                m.stop_vm(vm, turn_off=True)
-        m.remove_vm(vm)
-    m.remove_item(str(a["dir"]), recurse=True)
+        _remove_vm(m, vm)
+    _remove_dir(m, a.get("dir"), _used(_visible(m)))
     return [vm.id for vm in vms]
+
+
+def h_complete(m: Model, a: dict[str, Any]) -> Any:
+    vm = _find(m, a)
+    folder = a.get("dir")
+    if folder and m.test_path(str(folder)):
+        m.set_content(f"{folder}\\{scripts.COMPLETE_MARKER}", str(a.get("token") or ""))
+    if vm.notes == a.get("was"):
+        vm.notes = str(a.get("notes") or "")
+    return _info(m, [vm])
+
+
+def h_leftovers(m: Model, a: dict[str, Any]) -> Any:
+    vms = _visible(m)
+    used = _used(vms)
+    root = str(a.get("root") or "")
+    dirs = []
+    if root and m.test_path(root):
+        for path in m.child_dirs(root):
+            leaf = path.rsplit("\\", 1)[-1]
+            if not leaf.lower().startswith(scripts.TOKEN_DIR_PREFIX):  # -Filter 'vd-vdc1-*'
+                continue
+            dirs.append(
+                {
+                    "Path": path,
+                    "Used": path.lower() in used,
+                    "Done": m.test_path(f"{path}\\{scripts.COMPLETE_MARKER}"),
+                    "Files": m.child_files(path, ".vhdx"),
+                }
+            )
+    down = [n.name for n in m.nodes.values() if n.state != 0] if m.clustered else []
+    return {
+        "Vms": [
+            {"Id": v.id, "Name": v.name, "Host": v.host, "Notes": v.notes}
+            for v in vms
+            if v.notes and "vdc1-" in v.notes
+        ],
+        "Dirs": dirs,
+        "Down": down,
+    }
+
+
+def h_reap(m: Model, a: dict[str, Any]) -> Any:
+    gone: list[str] = []
+    for x in a.get("vms") or []:
+        vm = m.vm(str(x.get("id")))
+        token = str(x.get("token") or "")
+        if vm is not None and vm.host in m.up_nodes() and token and token in vm.notes:
+            _remove_vm(m, vm)
+            gone.append(vm.id)
+    used = _used(_visible(m))
+    for folder in a.get("dirs") or []:
+        if _remove_dir(m, folder, used):
+            gone.append(str(folder))
+    return gone
 
 
 def _start(m: Model, vm: VM, a: dict[str, Any]) -> None:
@@ -282,7 +376,10 @@ def _reboot(m: Model, vm: VM, a: dict[str, Any]) -> None:
         m.restart_vm(vm)
         return
     _require(vm, RUNNING)
-    m.stop_vm(vm, turn_off=False)
+    # Stop-VM -AsJob; Wait-Job -Timeout; then TurnOff whatever did not shut down, and Start-VM.
+    m.shutdown_job(vm, float(a.get("timeout") or 0))
+    if vm.state != OFF:
+        m.stop_vm(vm, turn_off=True)
     m.start_vm(vm)
 
 
@@ -438,6 +535,9 @@ _BY_NAME: dict[str, Handler] = {
     "create": h_create,
     "destroy": h_destroy,
     "purge": h_purge,
+    "complete": h_complete,
+    "leftovers": h_leftovers,
+    "reap": h_reap,
     "start": _vm_op(_start),
     "stop": _vm_op(_stop),
     "reboot": _vm_op(_reboot),

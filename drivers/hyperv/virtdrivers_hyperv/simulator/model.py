@@ -159,10 +159,15 @@ class Model:
         self.create_seconds = float(inv.get("create_seconds", 0.0))
         #: One-shot injected failures by cmdlet name (test knob): the next call of that cmdlet fails.
         self.faults: dict[str, int] = {}
+        #: One-shot injected crashes by cmdlet name (test knob): powershell.exe dies at that cmdlet.
+        self.crashes: dict[str, int] = {}
         #: Per command thread: set when the client signals terminate.
         self.cancel = threading.local()
         self.vms: dict[str, VM] = {}
         self.vhds: dict[str, Vhd] = {}
+        #: Folders made with New-Item, and plain files (Set-Content), by key: path as written, text.
+        self.dirs: dict[str, str] = {}
+        self.files: dict[str, tuple[str, str]] = {}
         self.groups: dict[str, ClusterGroup] = {}
         for spec in inv.get("vms", _DEFAULT_VMS if inventory is None else []):
             self._seed_vm(spec)
@@ -244,7 +249,24 @@ class Model:
             raise KeyError(cmdlet)
         self.faults[cmdlet] = self.faults.get(cmdlet, 0) + 1
 
+    #: Cmdlets at whose next call the crash knob can make powershell.exe die.
+    CRASHABLE = ("New-VM", *FAULTABLE)
+
+    def arm_crash(self, cmdlet: str) -> None:
+        """Make powershell.exe die at the next call of ``cmdlet``: no ``catch`` block runs after it.
+
+        This is what a host-side crash (the WinRM plugin host or VMMS restarting, the node
+        rebooting) does to a script in flight: what it made so far stays, nothing rolls back.
+        The command ends as a stopped pipeline does (exit code 1).
+        """
+        if cmdlet not in self.CRASHABLE:
+            raise KeyError(cmdlet)
+        self.crashes[cmdlet] = self.crashes.get(cmdlet, 0) + 1
+
     def _injected(self, cmdlet: str, target: str) -> None:
+        if self.crashes.get(cmdlet):
+            self.crashes[cmdlet] -= 1
+            raise PipelineStopped()
         if not self.faults.get(cmdlet):
             return
         self.faults[cmdlet] -= 1
@@ -263,6 +285,7 @@ class Model:
 
     def new_vm(self, name: str, host: str, memory: int) -> VM:
         self.node(host, "New-VM")
+        self._injected("New-VM", name)
         if memory % (2 * MIB) or memory < 32 * MIB:
             raise PSFault(
                 "New-VM",
@@ -552,8 +575,58 @@ class Model:
     def remove_drive(self, vm: VM, path: str) -> None:
         vm.drives = [p for p in vm.drives if _key(p) != _key(path)]
 
+    def new_directory(self, path: str) -> None:
+        """``New-Item -ItemType Directory -Force``: made if missing, no error if there."""
+        self.dirs.setdefault(_key(path).rstrip("\\"), path.rstrip("\\"))
+
+    def set_content(self, path: str, text: str) -> None:
+        """``Set-Content``: the folder must exist (explicitly, or as the parent of a file in it)."""
+        parent = path.replace("/", "\\").rsplit("\\", 1)[0]
+        if not self.test_path(parent):
+            raise PSFault(
+                "Set-Content",
+                f"Could not find a part of the path '{path}'.",
+                "ObjectNotFound",
+                "GetContentWriterDirectoryNotFoundError,Microsoft.PowerShell.Commands.SetContentCommand",
+                path,
+                "DirectoryNotFoundException",
+            )
+        self.files[_key(path)] = (path, text)
+
+    def _entries(self) -> list[str]:
+        return [v.path for v in self.vhds.values()] + [p for p, _ in self.files.values()]
+
+    def test_path(self, path: str) -> bool:
+        """``Test-Path -LiteralPath``: a file, a folder made, or a folder some file lives in."""
+        key = _key(path).rstrip("\\")
+        if key in self.vhds or key in self.files or key in self.dirs:
+            return True
+        return any(_key(p).startswith(key + "\\") for p in self._entries())
+
+    def child_dirs(self, root: str) -> list[str]:
+        """``Get-ChildItem -LiteralPath root -Directory``: full paths of the folders right under ``root``."""
+        prefix = _key(root).rstrip("\\") + "\\"
+        found: dict[str, str] = {}
+        for path in [*self.dirs.values(), *(p.rsplit("\\", 1)[0] for p in self._entries())]:
+            if _key(path).startswith(prefix):
+                name = path.replace("/", "\\")[len(prefix) :].split("\\", 1)[0]
+                found.setdefault(name.lower(), root.rstrip("\\") + "\\" + name)
+        return sorted(found.values())
+
+    def child_files(self, folder: str, suffix: str) -> list[str]:
+        """``Get-ChildItem -LiteralPath folder -File -Filter *<suffix>``: full paths of matching files."""
+        prefix = _key(folder).rstrip("\\") + "\\"
+        return sorted(
+            p
+            for p in self._entries()
+            if _key(p).startswith(prefix) and "\\" not in _key(p)[len(prefix) :] and _key(p).endswith(suffix)
+        )
+
     def remove_item(self, path: str, *, recurse: bool = False) -> None:
         key = _key(path)
+        if key in self.files:
+            del self.files[key]
+            return
         if key in self.vhds:
             in_use = [v for v in self.vms.values() if any(_key(p) == key for p in v.drives)]
             if in_use:
@@ -569,8 +642,25 @@ class Model:
             del self.vhds[key]
             return
         if recurse:
+            key = key.rstrip("\\")
+            inside = [p for p in self._entries() if _key(p).startswith(key + "\\")]
+            busy = {_key(p) for v in self.vms.values() for p in v.drives}
+            if any(_key(p) in busy for p in inside):
+                raise PSFault(
+                    "Remove-Item",
+                    f"Cannot remove item {path}: The process cannot access the file because it is being used by "
+                    "another process.",
+                    "WriteError",
+                    "RemoveFileSystemItemIOError,Microsoft.PowerShell.Commands.RemoveItemCommand",
+                    path,
+                    "IOException",
+                )
             for k in [k for k in self.vhds if k.startswith(key + "\\")]:
                 del self.vhds[k]
+            for k in [k for k in self.files if k.startswith(key + "\\")]:
+                del self.files[k]
+            for k in [k for k in self.dirs if k == key or k.startswith(key + "\\")]:
+                del self.dirs[k]
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -708,6 +798,8 @@ class Model:
                 {
                     "vms": {v.id: {"name": v.name, "host": v.host, "state": v.state} for v in self.vms.values()},
                     "vhds": sorted(v.path for v in self.vhds.values()),
+                    "dirs": sorted(self.dirs.values()),
+                    "files": sorted(p for p, _ in self.files.values()),
                     "groups": {g.name: {"vm": g.vm_id, "owner": g.owner} for g in self.groups.values()},
                 }
             )
