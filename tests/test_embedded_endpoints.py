@@ -35,7 +35,8 @@ def test_endpoint_starts_cold_and_answers(driver: str, endpoint: virtdrivers.Emb
         nodes = connected.list_nodes()
         info = connected.backend_info()
         secrets = connected.settings.secrets()
-    print(f"{driver}@{endpoint.name}: ready in {ready:.1f}s, {len(nodes)} node(s), {info.backend} {info.backend_version}")
+    where = f"{driver}@{endpoint.name}"
+    print(f"{where}: ready in {ready:.1f}s, {len(nodes)} node(s), {info.backend} {info.backend_version}")
     assert nodes, "the endpoint has no compute node"
     assert info.backend
     assert isinstance(endpoint.evidence, Evidence)
