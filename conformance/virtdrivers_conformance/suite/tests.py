@@ -911,10 +911,12 @@ class TestEvents(DriverFixtures):
         with driver.subscribe(events.put):
             info = make_instance(disks=[])
 
-            def expect(after: str, *wanted: EventType) -> None:
+            def expect(after: str, *wanted: EventType) -> LifecycleEvent:
                 event = _next_event(events, info.id, set(wanted), self.event_timeout)
                 names = "/".join(sorted(w.value for w in wanted))
                 assert event is not None, f"no {names} event for {info.id} within {self.event_timeout}s of {after}"
+                assert event.name in (None, info.name), f"the {after} event names {event.name!r}"
+                return event
 
             expect("create", EventType.CREATED, EventType.STARTED)
             driver.power_off(info.id, force=True)
@@ -932,8 +934,10 @@ class TestEvents(DriverFixtures):
                 driver.resume(info.id)
                 expect("resume", EventType.RESUMED, EventType.STARTED)
             if driver.supports(Capability.LIVE_MIGRATE) and _other_nodes(driver, agreed(driver, info.id)):
-                driver.live_migrate(info.id)
-                expect("live_migrate", EventType.MIGRATED)
+                target = _pick_target(driver, agreed(driver, info.id))
+                driver.live_migrate(info.id, target)
+                moved = expect("live_migrate", EventType.MIGRATED)
+                assert moved.node in (None, target), f"the migrated event names {moved.node!r}, not {target!r}"
             driver.destroy(info.id)
             expect("destroy", EventType.DESTROYED)
 
