@@ -12,13 +12,32 @@ from virtdrivers.capabilities import Capability
 from virtdrivers.errors import InvalidSpec
 from virtdrivers_ovirt.driver import OvirtDriver
 
+#: What listing drivers must not load for this plugin: the SDK and its transport, TLS and HTTP
+#: stacks, process machinery, and the simulator (its server, model, certificates).
+HEAVY = (
+    "ovirtsdk4",
+    "pycurl",
+    "cryptography",
+    "ssl",
+    "http.client",
+    "http.server",
+    "urllib.request",
+    "subprocess",
+    "xml.etree",
+    "virtdrivers_ovirt.simulator.model",
+    "virtdrivers_ovirt.simulator.server",
+)
 
-def test_driver_module_does_not_import_the_sdk() -> None:
+
+def test_listing_the_driver_and_its_endpoints_stays_light() -> None:
+    """What ``virtdrivers drivers`` does with this plugin: import the module, read capabilities,
+    name the embedded endpoints and their evidence."""
     code = (
         "import sys, virtdrivers_ovirt.driver as d\n"
         "assert d.OvirtDriver.capabilities\n"
-        "d.OvirtDriver.embedded_endpoints()\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('ovirtsdk4', 'pycurl', 'cryptography'))))\n"
+        "(e,) = d.OvirtDriver.embedded_endpoints()\n"
+        "assert e.backend and e.imitates and e.hooks.fail_next_create\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -31,6 +50,7 @@ def test_registered_under_its_entry_point() -> None:
     assert ep.load() is OvirtDriver
     assert OvirtDriver.name == "ovirt"
     assert Capability.ADOPT in OvirtDriver.capabilities
+    assert Capability.REAP in OvirtDriver.capabilities
     assert Capability.PAUSE not in OvirtDriver.capabilities
     assert [e.name for e in OvirtDriver.embedded_endpoints()] == ["simulator"]
     assert virtdrivers.Driver in OvirtDriver.__mro__

@@ -106,6 +106,7 @@ def _exercise_everything(sim: Simulator) -> None:
         drv.backend_info()
         drv.adopt(drv.list_unmanaged()[0].id)
         drv.find_instance("guard")
+        drv.reap(dry_run=True)  # the VM listing with attachments and the floating-disk search
         drv.destroy(info.id)
     conn = sdk.Connection(url=sim.url, username=sim.username, password=sim.password, ca_file=str(sim.ca_file))
     try:

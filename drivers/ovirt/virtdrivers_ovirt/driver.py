@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from virtdrivers.capabilities import Capability, DiskFormat
@@ -35,10 +35,12 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers.reaping import CreateToken
 from virtdrivers_ovirt import mapping
 from virtdrivers_ovirt.endpoint import endpoints
 from virtdrivers_ovirt.events import StatusPoller
@@ -71,6 +73,7 @@ class OvirtDriver(Driver):
             Capability.EVENTS,
             Capability.DISK_QCOW2,
             Capability.DISK_RAW,
+            Capability.REAP,
         }
     )
     settings_model = OvirtSettings
@@ -289,6 +292,14 @@ class OvirtDriver(Driver):
     # -- create and destroy --------------------------------------------------------------------------
 
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        """Make the VM, its disks, start it; crash-safe (REAP).
+
+        The create token goes into the VM's marker in the very ``add`` request that makes the
+        VM, and into each disk's description in the request that makes the disk: a create
+        killed at any point leaves nothing without a token. Clearing the tokens (disks first,
+        the VM last) is the last backend change; the returned view is read before it, so a
+        kill after the create is complete is as unlikely as it can be.
+        """
         report = progress or (lambda fraction, message: None)
         types = self._types()
         if self._cluster is None:
@@ -296,8 +307,9 @@ class OvirtDriver(Driver):
         host_id = self._host_id(spec.node) if spec.node else None
         if spec.disks and self._storage_domain is None:
             raise InvalidSpec("the engine has no data storage domain for disks", field="disks")
+        token = CreateToken.new().encode()
         cid = self._cid()
-        new_vm = mapping.vm_for_spec(types, spec, self._cluster, host_id)
+        new_vm = mapping.vm_for_spec(types, spec, self._cluster, host_id, token=token)
         vm = self._call(
             lambda s: s.vms_service().add(new_vm, query=cid),
             idempotent=False,
@@ -305,16 +317,20 @@ class OvirtDriver(Driver):
         try:
             report(0.1, "waiting for the engine to create the VM")
             self._wait_status(vm.id, "down", what=f"creation of {spec.name}")
+            disk_ids = []
             for n, disk in enumerate(spec.disks):
                 report(0.1 + 0.7 * n / len(spec.disks), f"creating disk {n + 1} of {len(spec.disks)}")
-                self._add_disk(vm.id, spec.name, disk, n, bootable=n == 0)
+                disk_ids.append(self._add_disk(vm.id, spec.name, disk, n, bootable=n == 0, token=token).id)
             if spec.start:
                 report(0.85, "starting")
                 self._start(vm.id)
+            info = self._get_info(vm.id)
+            self._complete(vm.id, spec.metadata, disk_ids)
         except BaseException as exc:
             # Nothing half-made: the VM goes, and the engine removes the disks attached to it.
             # When the engine is unreachable the clean-up gives up at once (the session's outage
-            # budget is spent), and the caller learns which VM is left instead of waiting again.
+            # budget is spent), and the caller learns which VM is left instead of waiting again;
+            # its token stays, so ``reap`` removes it once this process is gone (or after the grace).
             try:
                 self._remove(vm.id)
             except DriverError as cleanup:
@@ -322,9 +338,22 @@ class OvirtDriver(Driver):
                 exc.add_note(f"ovirt: the half-made VM {vm.id} ({spec.name}) could not be removed: {cleanup}")
             raise
         report(1.0, "created")
-        return self._get_info(vm.id)
+        return info
 
-    def _add_disk(self, instance_id: str, vm_name: str, disk: DiskSpec, n: int, *, bootable: bool) -> DiskInfo:
+    def _complete(self, instance_id: str, metadata: Mapping[str, str], disk_ids: Sequence[str]) -> None:
+        """Clear the create token: from each disk first, then from the VM's marker (the last change)."""
+        types = self._types()
+        for disk_id in disk_ids:
+            self._call(
+                lambda s, disk_id=disk_id: s.disks_service().disk_service(disk_id).update(types.Disk(description="")),  # type: ignore[misc]
+                idempotent=True,
+            )
+        comment = mapping.with_marker("", metadata)
+        self._call(lambda s: self._vm_service(s, instance_id).update(types.Vm(comment=comment)), idempotent=True)
+
+    def _add_disk(
+        self, instance_id: str, vm_name: str, disk: DiskSpec, n: int, *, bootable: bool, token: str | None = None
+    ) -> DiskInfo:
         types = self._types()
         assert self._storage_domain is not None
         att = mapping.disk_attachment_for_spec(
@@ -334,6 +363,7 @@ class OvirtDriver(Driver):
             f"{vm_name}_Disk{n + 1}",
             self._storage_domain,
             bootable,
+            token=token,
         )
         cid = self._cid()
         added = self._call(
@@ -354,7 +384,19 @@ class OvirtDriver(Driver):
         return mapping.disk_info(found)
 
     def _remove(self, instance_id: str) -> None:
-        vm = self._wait_settled(instance_id)
+        """Stop and remove a VM with its disks, and wait until it is gone.
+
+        The engine refuses to remove a VM while it or one of its disks is locked (a create
+        killed mid-disk leaves one locked until the engine finishes it), so wait for both.
+        """
+        vm = self._observed(
+            wait_until(
+                lambda: self._vm(instance_id, managed_only=False, follow="disk_attachments.disk"),
+                lambda vm: mapping.value(vm.status) not in mapping.TRANSIENT and not mapping.locked_disks(vm),
+                timeout=self.settings.operation_timeout,
+                what=f"settling of {instance_id}",
+            )
+        )
         if mapping.value(vm.status) != "down":
             self._stop(instance_id)
         cid = self._cid()
@@ -728,6 +770,79 @@ class OvirtDriver(Driver):
         )
         return self.get_placement(instance_id)
 
+    # -- crash safety ----------------------------------------------------------------------------
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        """Remove what killed creates left: VMs whose marker still names an abandoned create, and
+        floating disks whose description does.
+
+        One paged VM listing gives both the leftover VMs and every disk any VM refers to; one
+        disk search gives the floating disks that carry a token (the engine's own
+        ``number_of_vms=0``, checked again against that listing). A leftover VM goes with its
+        disks. Pets carry no marker and finished creates no token, so neither can match.
+        """
+        self._host_names(refresh=True)
+        vms = self._pages("disk_attachments")
+        referenced = {mapping.attachment_disk_id(att) for vm in vms for att in vm.disk_attachments or ()}
+        found: list[Leftover] = []
+        for vm in vms:
+            token = mapping.marker_token(vm.comment)
+            why = _abandoned(token, grace_s)
+            if token is None or why is None:
+                continue
+            found.append(
+                Leftover(
+                    kind="instance",
+                    ref=vm.id,
+                    name=vm.name,
+                    node=self._hosts.get(vm.host.id) if vm.host is not None else None,
+                    token=token,
+                    reason=why,
+                )
+            )
+            if not dry_run:
+                try:
+                    self._remove(vm.id)
+                except InstanceNotFound:
+                    log.info("ovirt: leftover VM %s went away while being reaped", vm.id)
+        search = f"number_of_vms=0 and description={mapping.DISK_TOKEN_PREFIX.split()[0]}*"
+        disks: list[Any] = self._call(lambda s: s.disks_service().list(search=search))
+        for disk in disks:
+            token = mapping.disk_token(disk.description)
+            why = _abandoned(token, grace_s)
+            if token is None or why is None or disk.id in referenced:
+                continue
+            found.append(Leftover(kind="disk", ref=disk.id, name=disk.alias or disk.name, token=token, reason=why))
+            if not dry_run:
+                self._remove_disk(disk.id)
+        return found
+
+    def _remove_disk(self, disk_id: str) -> None:
+        """Remove a floating disk once the engine has unlocked it, and wait until it is gone."""
+
+        def look() -> Any:
+            try:
+                return self._call(lambda s: s.disks_service().disk_service(disk_id).get())
+            except NotFound:
+                return None
+
+        disk = wait_until(
+            look,
+            lambda d: d is None or mapping.value(d.status) != "locked",
+            timeout=self.settings.operation_timeout,
+            what=f"unlocking of disk {disk_id}",
+        )
+        if disk is None:
+            return
+        cid = self._cid()
+        try:
+            self._call(lambda s: s.disks_service().disk_service(disk_id).remove(query=cid), idempotent=False)
+        except NotFound:
+            return
+        wait_until(
+            look, lambda d: d is None, timeout=self.settings.operation_timeout, what=f"removal of disk {disk_id}"
+        )
+
     # -- pets ---------------------------------------------------------------------------------------
 
     def list_unmanaged(self) -> list[InstanceInfo]:
@@ -742,3 +857,13 @@ class OvirtDriver(Driver):
         comment = mapping.with_marker(vm.comment, {})
         self._call(lambda s: self._vm_service(s, instance_id).update(types.Vm(comment=comment)), idempotent=False)
         return self._get_info(instance_id)
+
+
+def _abandoned(token: str | None, grace_s: float) -> str | None:
+    """Why the create holding ``token`` counts as abandoned, or None while it may still run."""
+    decoded = CreateToken.decode(token)
+    if decoded is None or not decoded.abandoned(grace_s):
+        return None
+    if decoded.owner_alive() is False:
+        return "its create never completed and its process is gone"
+    return f"its create began more than {grace_s:g} s ago and never completed"

@@ -6,7 +6,14 @@ object: the driver under test runs exactly the code it runs against an engine, i
 clean-up included. The simulator runs in another process, so the knobs are reached
 over the wire, verified against the CA the simulator generated.
 
-This module imports neither ``ovirtsdk4`` nor ``cryptography``: listing endpoints stays cheap.
+Listing endpoints (``virtdrivers drivers``) imports this module and calls
+:func:`endpoints`: it imports neither ``ovirtsdk4``, ``cryptography``, the simulator
+nor ``ssl``/``urllib``/``subprocess``; those load when an endpoint starts or a knob is turned.
+
+The simulator keeps its inventory in a state file in its scratch directory (the
+engine's database), with its CA there too: a simulator process that is killed and
+started again with the same arguments (:func:`simulator_command`) comes back on the
+same port with every VM, as an engine does after a restart.
 """
 
 from __future__ import annotations
@@ -14,20 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import ssl
-import subprocess
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
 from virtdrivers.errors import BackendUnavailable, NotFound
-from virtdrivers.testing.process import stop_child
 
 if TYPE_CHECKING:
     from virtdrivers.driver import Driver
@@ -41,19 +40,52 @@ PETS = 2
 PASSWORD_ENV = "VIRTDRIVERS_OVIRT_SIMULATOR_PASSWORD"
 
 
+def simulator_command(scratch: Path, port: int = 0) -> list[str]:
+    """The simulator program's command line, with its CA and state file in ``scratch``.
+
+    Run again with the port it printed, it comes back as the same engine: same port, same
+    CA, same inventory (the password comes in the environment, :data:`PASSWORD_ENV`).
+    """
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "virtdrivers_ovirt.simulator",
+        "--port",
+        str(port),
+        "--hosts",
+        str(HOSTS),
+        "--pets",
+        str(PETS),
+        "--state-dir",
+        str(scratch),
+        "--state-file",
+        str(scratch / "engine.json"),
+    ]
+
+
 @contextlib.contextmanager
 def simulator_endpoint() -> Iterator[Mapping[str, Any]]:
     """Start the bundled simulator as a child process on a free port; stop exactly that process.
 
-    The admin password is random per run and handed over in the environment, so the
-    suite's secret checks look for a string that cannot occur in any text by chance.
+    The simulator runs in a process of its own, so it outlives a client that is killed
+    mid-call (the crash harness's children) as an engine does. The admin password is
+    random per run and handed over in the environment, so the suite's secret checks look
+    for a string that cannot occur in any text by chance.
     """
-    scratch = tempfile.mkdtemp(prefix="vd-ovirt-sim-")
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+
+    from virtdrivers.testing.process import stop_child
+
+    scratch = Path(tempfile.mkdtemp(prefix="vd-ovirt-sim-"))
     env = dict(os.environ)
     env[PASSWORD_ENV] = "vd-" + secrets.token_urlsafe(18)
-    args = ["--port", "0", "--hosts", str(HOSTS), "--pets", str(PETS), "--state-dir", scratch]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "virtdrivers_ovirt.simulator", *args],
+        simulator_command(scratch),
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=env,
@@ -72,6 +104,10 @@ def simulator_endpoint() -> Iterator[Mapping[str, Any]]:
 
 def control(settings: Mapping[str, Any], what: str, **args: Any) -> dict[str, Any]:
     """POST one fault knob to the simulator named by ``settings``; NotFound for an unknown object."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
     base = str(settings["url"]).split("/ovirt-engine/")[0]
     context = ssl.create_default_context(cafile=settings.get("ca_file"))
     request = urllib.request.Request(
@@ -112,7 +148,7 @@ def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: boo
 
 def endpoints() -> tuple[EmbeddedEndpoint, ...]:
     """The oVirt package's embedded endpoints (one: the bundled simulator)."""
-    from virtdrivers_ovirt.simulator.model import (
+    from virtdrivers_ovirt.simulator.identity import (
         ENGINE_FULL_VERSION,
         ENGINE_NAME,
         SIMULATOR_NAME,

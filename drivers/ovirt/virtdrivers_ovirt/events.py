@@ -103,7 +103,9 @@ class StatusPoller:
                 self._last[vm_id] = seen
             self._observed[vm_id] = time.monotonic()
         if events:
-            self._pending.put([(i, before.get(i) or after.get(i), k) for i, k in events])
+            # The newer look names where the VM is now (a migrated VM's destination); the older
+            # one only serves a VM that is gone.
+            self._pending.put([(i, after.get(i) or before.get(i), k) for i, k in events])
 
     def _poll(self) -> None:
         started = time.monotonic()

@@ -7,6 +7,12 @@ Functions that read engine objects take anything shaped like ``ovirtsdk4.types``
 Management marker: a VM is managed by virtdrivers when its ``comment`` holds a line
 ``virtdrivers:{json}`` (the JSON carries the instance metadata). Adoption appends
 that line and keeps whatever the administrator wrote in the comment.
+
+Create tokens (:mod:`virtdrivers.reaping`): while a create runs, the marker also
+carries ``"creating": "<token>"``, and every disk the create makes carries
+``virtdrivers create <token>`` in its description. Both are written in the very
+request that makes the object, so neither ever exists without its token, and
+both are cleared as the create's last steps (disks first, the VM last).
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from virtdrivers.objects import (
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers.reaping import CreateToken
 
 GIB = 1024**3
 MIB = 1024**2
 MARKER = "virtdrivers:"
+#: What a disk's description starts with while the create that made it runs.
+DISK_TOKEN_PREFIX = "virtdrivers create "
 
 #: oVirt's UI values for HA priority.
 HA_PRIORITY = {HAPriority.LOW: 1, HAPriority.MEDIUM: 50, HAPriority.HIGH: 100}
@@ -125,11 +134,50 @@ def parse_marker(comment: str | None) -> tuple[bool, dict[str, str]]:
     return False, {}
 
 
-def with_marker(comment: str | None, metadata: Mapping[str, str]) -> str:
-    """``comment`` with the marker line set to ``metadata``, other lines kept as they were."""
+def with_marker(comment: str | None, metadata: Mapping[str, str], *, creating: str | None = None) -> str:
+    """``comment`` with the marker line set to ``metadata``, other lines kept as they were.
+
+    ``creating`` is the token of a create still in progress; without it the marker says
+    the instance is complete.
+    """
     kept = [line for line in (comment or "").splitlines() if not line.startswith(MARKER)]
-    marker = MARKER + json.dumps({"metadata": dict(metadata)}, separators=(",", ":"), sort_keys=True)
+    data: dict[str, object] = {"metadata": dict(metadata)}
+    if creating is not None:
+        data["creating"] = creating
+    marker = MARKER + json.dumps(data, separators=(",", ":"), sort_keys=True)
     return "\n".join([*kept, marker])
+
+
+def marker_token(comment: str | None) -> str | None:
+    """The token of the unfinished create the marker names, or None (complete, a pet, no marker)."""
+    for line in (comment or "").splitlines():
+        if line.startswith(MARKER):
+            try:
+                data = json.loads(line[len(MARKER) :])
+            except ValueError:
+                return None
+            token = data.get("creating") if isinstance(data, dict) else None
+            return token if isinstance(token, str) and CreateToken.decode(token) is not None else None
+    return None
+
+
+def disk_description(token: str) -> str:
+    """The description of a disk made by the create holding ``token``."""
+    return DISK_TOKEN_PREFIX + token
+
+
+def disk_token(description: str | None) -> str | None:
+    """The create token a disk's description carries, or None.
+
+    Only a description that is exactly what :func:`disk_description` writes counts: a
+    token quoted in an administrator's own text never makes a disk reapable.
+    """
+    text = description or ""
+    if not text.startswith(DISK_TOKEN_PREFIX):
+        return None
+    token = text[len(DISK_TOKEN_PREFIX) :]
+    decoded = CreateToken.decode(token)
+    return token if decoded is not None and decoded.encode() == token else None
 
 
 # -- topology ------------------------------------------------------------------------------------
@@ -167,6 +215,21 @@ def disk_info(disk: Any) -> DiskInfo:
         thin=disk.sparse,
         label=disk.alias or disk.name or None,
     )
+
+
+def attachment_disk_id(att: Any) -> str:
+    """The id of the disk an attachment holds (the engine gives the attachment the disk's id)."""
+    disk = getattr(att, "disk", None)
+    return str(disk.id if disk is not None and disk.id else att.id)
+
+
+def locked_disks(vm: Any) -> list[str]:
+    """Ids of the disks of a VM (read with ``follow=disk_attachments.disk``) that are locked."""
+    return [
+        att.disk.id
+        for att in getattr(vm, "disk_attachments", None) or ()
+        if getattr(att, "disk", None) is not None and value(att.disk.status) == "locked"
+    ]
 
 
 def instance_info(vm: Any, host_names: Mapping[str, str]) -> InstanceInfo:
@@ -211,14 +274,15 @@ def user_snapshots(snaps: Iterable[Any]) -> list[Any]:
 # -- building engine objects -------------------------------------------------------------------------
 
 
-def vm_for_spec(types: Any, spec: InstanceSpec, cluster: str, host_id: str | None) -> Any:
+def vm_for_spec(types: Any, spec: InstanceSpec, cluster: str, host_id: str | None, *, token: str | None = None) -> Any:
+    """The VM to add for ``spec``; ``token`` (a create in progress) goes into its marker."""
     sockets, cores, threads = topology(spec.vcpus)
     placement = None
     if host_id is not None:
         placement = types.VmPlacementPolicy(affinity=types.VmAffinity.MIGRATABLE, hosts=[types.Host(id=host_id)])
     return types.Vm(
         name=spec.name,
-        comment=with_marker("", spec.metadata),
+        comment=with_marker("", spec.metadata, creating=token),
         cluster=types.Cluster(name=cluster),
         template=types.Template(name="Blank"),
         cpu=types.Cpu(topology=types.CpuTopology(sockets=sockets, cores=cores, threads=threads)),
@@ -230,14 +294,24 @@ def vm_for_spec(types: Any, spec: InstanceSpec, cluster: str, host_id: str | Non
 
 
 def disk_attachment_for_spec(
-    types: Any, disk: DiskSpec, default: DiskFormat, name: str, storage_domain: str, bootable: bool
+    types: Any,
+    disk: DiskSpec,
+    default: DiskFormat,
+    name: str,
+    storage_domain: str,
+    bootable: bool,
+    *,
+    token: str | None = None,
 ) -> Any:
+    """The attachment (with its new disk) for ``disk``; ``token`` (a create in progress) goes into
+    the disk's description, so the disk never exists without it."""
     fmt = disk.format or default
     if fmt not in _FORMATS:
         raise NotSupported(f"ovirt has no {fmt} disks", capability=Capability.for_disk_format(fmt))
     return types.DiskAttachment(
         disk=types.Disk(
             name=disk.label or name,
+            description=disk_description(token) if token is not None else None,
             format=types.DiskFormat(_FORMATS[fmt]),
             provisioned_size=disk.size_gib * GIB,
             sparse=disk.thin,
@@ -285,13 +359,17 @@ def lifecycle_events(before: Mapping[str, Seen], after: Mapping[str, Seen]) -> l
                 events.append((vm_id, EventType.SUSPENDED))
             elif state == PowerState.PAUSED:
                 events.append((vm_id, EventType.PAUSED))
-        elif state == PowerState.RUNNING and host is not None and old[1] is not None and host != old[1]:
+        elif host is not None and old[1] is not None and host != old[1] and {status, old[0]} <= _MOVING:
+            # Only a host change between two looks at a running or migrating VM is a migration:
+            # a VM that resumes or starts elsewhere (seen mid-way, restoring_state or powering_up,
+            # on the host it had before) was placed, not migrated.
             events.append((vm_id, EventType.MIGRATED))
     events.extend((vm_id, EventType.DESTROYED) for vm_id in before if vm_id not in after)
     return events
 
 
 _HELD = (PowerState.SUSPENDED, PowerState.PAUSED)
+_MOVING = {"up", "migrating"}
 _SETTLED = {
     "powering_up": PowerState.RUNNING,
     "wait_for_launch": PowerState.RUNNING,

@@ -35,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get(PASSWORD_ENV, "simulator"),
         help=f"the admin password (default: ${PASSWORD_ENV}, which keeps it out of the process list)",
     )
-    parser.add_argument("--state-dir", type=Path, default=None, help="where the CA and certificates go")
+    parser.add_argument("--state-dir", type=Path, default=None, help="where the CA and certificates go (kept)")
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=None,
+        help="the engine's database: the inventory is saved here on every change and loaded at start, "
+        "so a restarted (or killed and restarted) simulator keeps its VMs, disks and snapshots",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_timeout=args.shutdown_timeout,
         password=args.password,
         state_dir=args.state_dir,
+        state_file=args.state_file,
     )
     with sim:
         sys.stdout.write(json.dumps(sim.settings()) + "\n")

@@ -18,19 +18,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from virtdrivers_ovirt.simulator.identity import ENGINE_FULL_VERSION as ENGINE_FULL_VERSION
+from virtdrivers_ovirt.simulator.identity import ENGINE_NAME as ENGINE_NAME
+from virtdrivers_ovirt.simulator.identity import ENGINE_VERSION as ENGINE_VERSION
+from virtdrivers_ovirt.simulator.identity import SIMULATOR_NAME as SIMULATOR_NAME
+from virtdrivers_ovirt.simulator.identity import SIMULATOR_VERSION as SIMULATOR_VERSION
+
+#: Ended jobs the engine still shows (older ones are cleared, as the engine's job cleanup does).
+KEPT_JOBS = 100
 #: Names the engine accepts for VMs: letters, digits, '_', '-' and '.' (the driver checks the same up front).
 VM_NAME_PATTERN = r"[\w.-]+"
 GIB = 1024**3
 MIB = 1024**2
 BLANK_TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
-ENGINE_VERSION = (4, 5, 6, 0)
-#: What the simulator claims over the API (``product_info``), as an engine of that version would.
-ENGINE_NAME = "oVirt Engine"
-ENGINE_FULL_VERSION = f"{ENGINE_VERSION[0]}.{ENGINE_VERSION[1]}.{ENGINE_VERSION[2]}-1.el8"
-#: The simulator's own name and version: what a parity column earned against it names as its backend.
-SIMULATOR_NAME = "virtdrivers oVirt REST simulator"
-SIMULATOR_VERSION = "0.2"
 #: The engine's ``VmGracefulShutdownTimeout``: how long it waits for a guest to act on a
 #: shutdown before it gives up and reports the VM up again.
 GRACEFUL_SHUTDOWN_TIMEOUT = 30.0
@@ -172,8 +174,10 @@ class Job:
 class Scheduler:
     """Runs delayed transitions on one thread, in due order, under the engine lock."""
 
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, after: Callable[[], None] = lambda: None) -> None:
         self._lock = lock
+        #: Called under the lock after each transition (the engine saves its inventory there).
+        self._after = after
         self._cond = threading.Condition()
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -197,6 +201,7 @@ class Scheduler:
                 _, _, func = heapq.heappop(self._queue)
             with self._lock:
                 func()
+                self._after()
 
     def stop(self) -> None:
         with self._cond:
@@ -217,11 +222,13 @@ class Engine:
         shutdown_timeout: float = GRACEFUL_SHUTDOWN_TIMEOUT,
     ) -> None:
         self.lock = threading.RLock()
+        #: Where the inventory is kept across restarts of the process (:mod:`.persist`); None: memory only.
+        self.state_file: Path | None = None
         self.delay = delay
         self.shutdown_timeout = shutdown_timeout
         #: Creates still to fail half-way (:meth:`fail_next_create`).
         self.failing_creates = 0
-        self.scheduler = Scheduler(self.lock)
+        self.scheduler = Scheduler(self.lock, self.changed)
         self.clusters: dict[str, Cluster] = {}
         self.hosts: dict[str, Host] = {}
         self.storage_domains: dict[str, StorageDomain] = {}
@@ -240,6 +247,13 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.stop()
+
+    def changed(self) -> None:
+        """Save the inventory after a change, when it has a state file; the caller holds the lock."""
+        if self.state_file is not None:
+            from virtdrivers_ovirt.simulator import persist
+
+            persist.save(self, self.state_file)
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -288,6 +302,11 @@ class Engine:
 
     def end_job(self, job: Job, status: str = "finished") -> None:
         job.status, job.end_time, job.last_updated = status, now(), now()
+        # The engine clears ended jobs after a while (its job cleanup): keep the newest ones only,
+        # so the jobs table (and the state file written on every change) stays small.
+        ended = [j for j in self.jobs.values() if j.status != "started"]
+        for old in ended[: max(0, len(ended) - KEPT_JOBS)]:
+            del self.jobs[old.id]
 
     def _then(self, job: Job, func: Callable[[], str | None], delay: float | None = None) -> None:
         """Finish ``func`` after the engine's delay (or ``delay``) and close the job with it.
@@ -682,6 +701,24 @@ class Engine:
                         self._release(removed)
 
                 self._then(job, done)
+
+    def vms_holding(self, disk_id: str) -> int:
+        """How many VMs refer to a disk: attached, or held by one of their snapshots."""
+        return sum(
+            1
+            for vm in self.vms.values()
+            if any(a.disk_id == disk_id for a in vm.attachments)
+            or any(a.disk_id == disk_id for s in vm.snapshots if s.image is not None for a in s.image.attachments)
+        )
+
+    def update_disk(self, disk: Disk, changes: dict[str, str]) -> Disk:
+        """Change a disk's alias or description (allowed while its VM runs, not while it is locked)."""
+        with self.lock:
+            if disk.status == "locked":
+                raise conflict("edit Virtual Disk", "Disk is locked. Please try again later.")
+            for key, value in changes.items():
+                setattr(disk, key, value)
+            return disk
 
     def remove_disk(self, disk: Disk, correlation_id: str | None) -> None:
         with self.lock:

@@ -85,9 +85,18 @@ class Simulator:
         username: str = "admin@internal",
         password: str = "simulator",
         state_dir: Path | None = None,
+        state_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = Engine(hosts=hosts, pets=pets, delay=delay, shutdown_timeout=shutdown_timeout)
+        if state_file is not None:
+            # The engine's database: a restarted process finds the inventory the dead one left.
+            from virtdrivers_ovirt.simulator import persist
+
+            with self.engine.lock:
+                if not persist.load(self.engine, state_file):
+                    persist.save(self.engine, state_file)
+                self.engine.state_file = state_file
         self.username, self.password = username, password
         self.token_ttl = token_ttl
         #: The session clock; tests move it forward to expire tokens without waiting.
@@ -102,7 +111,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._own_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="ovirt-sim-")) if state_dir is None else state_dir
-        self.ca_file, cert, key = make_certificates(self.state_dir, "virtdrivers oVirt simulator CA")
+        self.ca_file, cert, key = _certificates(self.state_dir)
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(cert, key)
         self._port = port
@@ -199,6 +208,15 @@ class Simulator:
             self.requests[key] += 1
 
 
+def _certificates(state_dir: Path) -> tuple[Path, Path, Path]:
+    """The CA and server certificate in ``state_dir``: kept when present, as an engine keeps its
+    PKI across restarts (clients keep trusting the CA file they were given), made otherwise."""
+    paths = state_dir / "ca.pem", state_dir / "server.pem", state_dir / "server.key"
+    if all(p.is_file() for p in paths):
+        return paths
+    return make_certificates(state_dir, "virtdrivers oVirt simulator CA")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -208,6 +226,15 @@ class _Server(ThreadingHTTPServer):
         super().__init__(*args, **kwargs)
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-reply (killed, timed out) is routine for an engine, not a
+        traceback on stderr; anything else is still printed."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError, BrokenPipe, ConnectionReset
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         with self.conn_lock:
@@ -306,6 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with self.sim.engine.lock:
                 status, root = _Api(self.sim.engine, method, parts, query, body).handle()
+                if method != "GET":
+                    self.sim.engine.changed()
         except EngineFault as fault:
             return self._xml(fault.status, render.fault(fault.reason, fault.detail))
         except SearchError as exc:
@@ -345,19 +374,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "the body must be a JSON object"})
         engine = self.sim.engine
         try:
-            if what == "fail-next-create":
-                engine.fail_next_create(int(args.get("count", 1)))
-                return self._json(200, {"failing_creates": engine.failing_creates})
-            if what == "ignore-acpi":
-                engine.set_acpi_deaf(str(args["vm"]), bool(args.get("deaf", True)))
-                return self._json(200, {"vm": args["vm"], "deaf": bool(args.get("deaf", True))})
-            if what == "fail-node":
-                host = engine.set_host_down(str(args["node"]), bool(args.get("down", True)))
-                return self._json(200, {"node": host.name, "status": host.status})
+            with engine.lock:
+                reply = self._knob(engine, what, args)
         except EngineFault as fault:
             return self._json(fault.status, {"error": fault.detail})
         except (KeyError, TypeError, ValueError) as exc:
             return self._json(400, {"error": f"bad arguments for {what}: {exc!r}"})
+        if reply is not None:
+            return self._json(200, reply)
         if what == "expire-tokens":
             self.sim.expire_tokens()
             return self._json(200, {"expired": True})
@@ -367,6 +391,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.sim.requests.clear()
             return self._json(200, {})
         self._json(404, {"error": f"unknown control {what}"})
+
+    @staticmethod
+    def _knob(engine: Engine, what: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Turn a fault knob of the engine (saved like any other change); None for an unknown one."""
+        reply: dict[str, Any] | None = None
+        if what == "fail-next-create":
+            engine.fail_next_create(int(args.get("count", 1)))
+            reply = {"failing_creates": engine.failing_creates}
+        elif what == "ignore-acpi":
+            engine.set_acpi_deaf(str(args["vm"]), bool(args.get("deaf", True)))
+            reply = {"vm": args["vm"], "deaf": bool(args.get("deaf", True))}
+        elif what == "fail-node":
+            host = engine.set_host_down(str(args["node"]), bool(args.get("down", True)))
+            reply = {"node": host.name, "status": host.status}
+        if reply is not None:
+            engine.changed()
+        return reply
 
 
 def _shape(parts: list[str]) -> list[str]:
@@ -399,9 +440,22 @@ class _Api:
             return self.vms(p[1:])
         if head == "disks":
             if len(p) == 1 and m == "GET":
-                return 200, render.collection("disks", [render.disk(d) for d in self.e.disks.values()])
+                disk_fields: dict[str, Callable[[Disk], str]] = {
+                    "alias": lambda d: d.name,
+                    "name": lambda d: d.name,
+                    "description": lambda d: d.description,
+                    "id": lambda d: d.id,
+                    "status": lambda d: d.status,
+                    # The engine counts the VMs a disk is attached to (its "Attached To" column);
+                    # a disk only a snapshot still holds counts as well, so it is never "floating".
+                    "number_of_vms": lambda d: str(self.e.vms_holding(d.id)),
+                }
+                disks = run(parse(self.query.get("search")), list(self.e.disks.values()), disk_fields, self._max())
+                return 200, render.collection("disks", [render.disk(d) for d in disks])
             if len(p) == 2 and m == "GET":
                 return 200, render.disk(self.e.disk(p[1]))
+            if len(p) == 2 and m == "PUT":
+                return 200, render.disk(self.e.update_disk(self.e.disk(p[1]), self._disk_changes(self.xml())))
             if len(p) == 2 and m == "DELETE":
                 self.e.remove_disk(self.e.disk(p[1]), self.cid)
                 return 200, render.action()
@@ -564,6 +618,18 @@ class _Api:
                 changes["preferred_host_ids"] = [
                     self.e.host_by(h.get("id"), h.findtext("name")).id for h in hosts.findall("host")
                 ]
+        return changes
+
+    def _disk_changes(self, body: ET.Element) -> dict[str, str]:
+        """What ``PUT /disks/{id}`` may change here: the alias (``name`` is its other spelling) and description."""
+        changes: dict[str, str] = {}
+        alias = body.findtext("alias") if body.find("alias") is not None else body.findtext("name")
+        if alias is not None:
+            if not alias:
+                raise EngineFault(400, "[Cannot edit Virtual Disk. The disk alias must not be empty.]")
+            changes["name"] = alias
+        if body.find("description") is not None:
+            changes["description"] = body.findtext("description") or ""
         return changes
 
     # -- disk attachments -------------------------------------------------------------------------
