@@ -11,6 +11,7 @@ from pyVmomi import vim, vmodl
 
 from virtdrivers import (
     AuthenticationFailed,
+    BackendUnavailable,
     DiskSpec,
     DriverError,
     EventType,
@@ -253,7 +254,7 @@ def test_snapshot_tree_flattens_depth_first() -> None:
         (vmodl.fault.NotImplemented(msg="nope"), NotSupported),
         (vmodl.fault.MethodNotFound(msg="does not implement: RebootGuest"), NotSupported),
         (vim.fault.NotFound(msg="gone"), NotFound),
-        (vmodl.fault.SystemError(msg="boom"), DriverError),
+        (vmodl.fault.SystemError(msg="boom"), BackendUnavailable),  # the server failed, not the request
     ],
 )
 def test_faults_map_to_contract_errors(fault: BaseException, expected: type[DriverError]) -> None:

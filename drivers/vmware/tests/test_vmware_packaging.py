@@ -27,9 +27,27 @@ def test_importing_the_driver_does_not_import_pyvmomi() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_listing_the_plugin_imports_no_tls_http_or_process_modules() -> None:
+    """``virtdrivers drivers`` imports the driver module and lists its endpoints: that stays cheap.
+
+    The session (ssl, http.client: about 7 ms) and the simulator's process and HTTPS
+    machinery are imported only when a driver connects or an endpoint starts.
+    """
+    code = (
+        "import sys\n"
+        "import virtdrivers_vmware.driver as d\n"
+        "assert d.VSphereDriver.embedded_endpoints()\n"
+        "heavy = ('ssl', 'http.client', 'urllib.request', 'subprocess', 'virtdrivers_vmware.session', 'pyVmomi')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_declared_capabilities() -> None:
     caps = VSphereDriver.capabilities
     assert {Capability.LIVE_MIGRATE, Capability.AGGREGATES, Capability.EVENTS, Capability.DISK_VMDK} <= caps
+    assert Capability.REAP in caps
     assert Capability.PAUSE not in caps  # vSphere has no pause
     assert Capability.DISK_QCOW2 not in caps
 

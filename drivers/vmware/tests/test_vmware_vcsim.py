@@ -631,3 +631,40 @@ def test_call_in_flight_when_the_server_dies_ends_in_a_typed_error() -> None:
         assert "power on" in str(outcome[0])
         own.start()  # same port and certificate, a fresh inventory
         assert [n.name for n in d.list_nodes()] == ["DC0_C0"]
+
+
+def test_a_hung_server_ends_calls_within_http_timeout_and_the_driver_recovers() -> None:
+    """vcsim is stopped (SIGSTOP on our child's PID): it accepts connections and answers nothing.
+
+    Every call, a read and a create whose cleanup also meets the hung server, ends as
+    BackendUnavailable within the driver's own timeouts; once vcsim runs again (SIGCONT)
+    the same driver object works, and what the failed create may have left is reaped.
+    """
+    import os
+    import signal
+
+    timeout = 1.5
+    with (
+        Vcsim(clusters=1, hosts=1) as own,
+        VSphereDriver(own.settings(), http_timeout=timeout, task_timeout=5) as d,
+    ):
+        d.list_nodes()
+        assert own.proc is not None
+        pid = own.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                d.list_instances()  # a read: tried twice, each bounded by http_timeout
+            assert time.monotonic() - started < 3 * timeout + 2
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                d.create(_spec("vmw-hung", start=False))
+            # plan (2 attempts), then the cleanup's look-up (2 attempts): each one socket timeout
+            assert time.monotonic() - started < 6 * timeout + 3
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [n.name for n in d.list_nodes()] == ["DC0_C0"]
+        info = d.create(_spec("vmw-after-hang", start=False))
+        assert d.get_instance(info.id).name == "vmw-after-hang"
+        d.destroy(info.id)

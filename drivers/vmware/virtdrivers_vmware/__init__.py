@@ -5,6 +5,6 @@ session does, when the driver connects.
 """
 
 from virtdrivers_vmware.driver import VSphereDriver
-from virtdrivers_vmware.session import VSphereSettings
+from virtdrivers_vmware.settings import VSphereSettings
 
 __all__ = ["VSphereDriver", "VSphereSettings"]

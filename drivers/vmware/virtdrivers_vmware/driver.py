@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from virtdrivers.capabilities import Capability, DiskFormat
 from virtdrivers.driver import Driver, EventCallback, ProgressCallback, Subscription
 from virtdrivers.endpoint import EmbeddedEndpoint, Evidence
-from virtdrivers.errors import DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.errors import Conflict, DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -31,13 +32,21 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
 from virtdrivers_vmware import mapping
 from virtdrivers_vmware._sdk import sdk
-from virtdrivers_vmware.session import Session, VSphereSettings
+from virtdrivers_vmware.settings import VSphereSettings
+
+if TYPE_CHECKING:
+    from virtdrivers.reaping import CreateToken
+
+    # The session brings TLS and HTTP (ssl, http.client): imported when a driver connects,
+    # so that listing plugins, which imports this module, stays cheap.
+    from virtdrivers_vmware.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,13 @@ def _duplicate(exc: DriverError) -> bool:
     return "DuplicateName" in str(exc) or "FileAlreadyExists" in str(exc)
 
 
+def _why(token: CreateToken) -> str:
+    """Why a token's create counts as over, for the operator reading a dry run."""
+    if token.owner_alive() is False:
+        return f"its create never completed and its process ({token.pid} on {token.host}) is gone"
+    return f"its create never completed and started more than the grace period ago (on {token.host})"
+
+
 class VSphereDriver(Driver):
     """vCenter clusters as nodes; VMs created in a cluster's root resource pool."""
 
@@ -91,6 +107,7 @@ class VSphereDriver(Driver):
             Capability.ADOPT,
             Capability.EVENTS,
             Capability.DISK_VMDK,
+            Capability.REAP,
         }
     )
     settings_model = VSphereSettings
@@ -222,6 +239,8 @@ class VSphereDriver(Driver):
     def connect(self) -> None:
         if self._session is not None:
             return
+        from virtdrivers_vmware.session import Session
+
         session = Session(self.settings, name=self.name)
         session.connect()
         self._session = session
@@ -330,14 +349,20 @@ class VSphereDriver(Driver):
         with self._claim_name(spec.name):
             cluster, datastore, dc = self._call("plan create", plan, idempotent=True)
             report(0.1, f"creating {spec.name} in {cluster.name} on {datastore}")
-            token = str(uuid.uuid4())
-            config = mapping.create_spec(spec, datastore=datastore, instance_uuid=token)
+            from virtdrivers.reaping import CreateToken
+
+            # The operation token goes into the very spec that makes the VM and its disks (the
+            # create's first backend change): killed at any later point, what this create made
+            # carries it, and reap() finds it once this process is gone.
+            token = CreateToken.new().encode()
+            instance_uuid = str(uuid.uuid4())
+            config = mapping.create_spec(spec, datastore=datastore, instance_uuid=instance_uuid, token=token)
             try:
                 vm_id = self._call(f"create {spec.name}", make)
             except BaseException as exc:
                 # A task can fail after it made the VM and its disks, and a lost answer leaves us
-                # not knowing: whatever carries our instance UUID is ours to remove.
-                self._remove_made(token)
+                # not knowing: whatever carries our instance UUID or our token is ours to remove.
+                self._remove_made(instance_uuid, token)
                 if isinstance(exc, DriverError) and _duplicate(exc):
                     raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
                 raise
@@ -350,12 +375,23 @@ class VSphereDriver(Driver):
                 )
                 report(0.9, "powered on")
             info = self.get_instance(vm_id)
+            # The last step: the create is complete once its token is gone. Nothing but the
+            # reconfigure's own answer follows, so a kill after it leaves a finished instance
+            # whose create the caller may not have heard of, never a leftover that looks finished.
+            self._call(f"complete create of {spec.name}", lambda c: self._complete(c, vm_id), ref=vm_id)
         except BaseException:
             # Nothing half-made: the VM goes, and with it every disk it created.
             self._remove(vm_id)
             raise
         report(1.0, "created")
         return info
+
+    def _complete(self, content: Any, vm_id: str) -> None:
+        """Empty the VM's create token (vSphere drops an extraConfig key set to "")."""
+        vim, _ = sdk()
+
+        spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=mapping.CREATE_TOKEN_KEY, value="")])
+        self._task(content, self._ref(content, "VirtualMachine", vm_id).ReconfigVM_Task(spec), "complete create")
 
     @contextlib.contextmanager
     def _claim_name(self, name: str) -> Iterator[None]:
@@ -374,20 +410,35 @@ class VSphereDriver(Driver):
                 else:
                     self._name_locks[name] = (lock, users - 1)
 
-    def _remove_made(self, token: str) -> None:
-        """Remove the VM a failed create may have left, found by the instance UUID we gave it."""
+    def _remove_made(self, instance_uuid: str, token: str) -> None:
+        """Remove what a failed create may have left: the VM with our instance UUID, else disks with our token.
+
+        Best effort within the driver's timeouts: when the endpoint is gone, what is left
+        carries the token, and a later reap() removes it.
+        """
 
         def find(content: Any) -> str | None:
-            return mapping.moid(content.searchIndex.FindByUuid(None, token, True, True))
+            return mapping.moid(content.searchIndex.FindByUuid(None, instance_uuid, True, True))
 
         try:
             vm_id = self._call("find half-created VM", find, idempotent=True)
         except DriverError as exc:
-            log.error("vsphere: could not look for a half-created VM (instance UUID %s): %s", token, exc)
+            log.error("vsphere: could not look for a half-created VM (instance UUID %s): %s", instance_uuid, exc)
             return
         if vm_id is not None:
             log.info("vsphere: removing %s, left by a failed create", vm_id)
             self._remove(vm_id)
+            return
+        # No VM, but vCenter may have made some of the disks before the task failed.
+        try:
+            for item, datacenter in self._call(
+                "find half-created disks", lambda c: self._leftover_disks(c, 0.0, only=token), idempotent=True
+            ):
+                self._call(
+                    f"remove {item.ref}", functools.partial(self._delete_disk, path=item.ref, datacenter=datacenter)
+                )
+        except DriverError as exc:
+            log.error("vsphere: could not look for disks of a failed create (token %s): %s", token, exc)
 
     def _remove(self, vm_id: str) -> None:
         """Best-effort removal of a VM we just made (power off, then Destroy_Task with its files)."""
@@ -822,6 +873,191 @@ class VSphereDriver(Driver):
             return self._info(content, instance_id)
 
         return self._call("adopt", run, ref=instance_id)
+
+    # -- crash-safe creation ------------------------------------------------------------------------
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        """VMs whose create token outlived their create, then vmdk files of creates that no VM refers to.
+
+        Instances go first: Destroy_Task takes their disks with them, so the disk search
+        that follows finds only what no VM holds (a CreateVM_Task that failed after making
+        a disk, a cleanup cut short). Each removal is its own call, so one that fails (the
+        VM is busy) leaves the others to go, and a dry run reports exactly what a real run
+        would remove.
+        """
+        found = self._call("reap: find instances", lambda c: self._leftover_vms(c, grace_s), idempotent=True)
+        removed: list[Leftover] = []
+        for item in found:
+            if dry_run:
+                removed.append(item)
+                continue
+            try:
+                gone = self._call(
+                    f"reap {item.ref}",
+                    functools.partial(self._destroy_leftover, vm_id=item.ref, token=item.token),
+                    ref=item.ref,
+                )
+            except InstanceNotFound:
+                gone = True  # removed meanwhile: nothing left
+            except (InvalidState, Conflict) as exc:
+                log.warning("vsphere: could not reap %s (%s): %s", item.ref, item.name, exc)
+                continue
+            if gone:
+                removed.append(item)
+        disks = self._call("reap: find disks", lambda c: self._leftover_disks(c, grace_s), idempotent=True)
+        for item, datacenter in disks:
+            if not dry_run:
+                try:
+                    self._call(
+                        f"reap {item.ref}", functools.partial(self._delete_disk, path=item.ref, datacenter=datacenter)
+                    )
+                except NotFound:
+                    pass  # gone already
+                except (InvalidState, Conflict) as exc:
+                    log.warning("vsphere: could not reap %s: %s", item.ref, exc)
+                    continue
+            removed.append(item)
+        return removed
+
+    def _leftover_vms(self, content: Any, grace_s: float) -> list[Leftover]:
+        """Managed VMs in scope whose create token is abandoned (pets never carry one we honour)."""
+        from virtdrivers.reaping import CreateToken
+
+        inv = self._inventory(content)
+        out = []
+        for oid, props in inv.vms.items():
+            text = mapping.create_token_of(props)
+            token = CreateToken.decode(text)
+            if token is None or not mapping.is_managed(props) or not self._in_scope(props, inv):
+                continue
+            if not token.abandoned(grace_s):
+                continue
+            cluster = inv.cluster_of_host(mapping.moid(props.get("runtime.host")))
+            out.append(
+                Leftover(
+                    kind="instance",
+                    ref=oid,
+                    name=mapping.vm_name(props.get("name")),
+                    node=cluster.name if cluster else None,
+                    token=text,
+                    reason=_why(token),
+                )
+            )
+        return out
+
+    def _destroy_leftover(self, content: Any, vm_id: str, token: str | None) -> bool:
+        """Power off and destroy a leftover VM, unless its create completed since it was found."""
+        vm = self._ref(content, "VirtualMachine", vm_id)
+        objs = self._s.retrieve_objects(content, [vm], ["runtime.powerState", "config.extraConfig"])
+        if not objs:
+            return True
+        props = mapping.props_of(objs[0])
+        if token is None or mapping.create_token_of(props) != token:
+            log.info("vsphere: %s completed its create meanwhile; not reaped", vm_id)
+            return False
+        if props.get("runtime.powerState") != "poweredOff":
+            self._task(content, vm.PowerOffVM_Task(), "power off a leftover")
+        self._task(content, vm.Destroy_Task(), "destroy a leftover")
+        log.info("vsphere: reaped %s, left by an interrupted create (%s)", vm_id, token)
+        return True
+
+    def _leftover_disks(
+        self, content: Any, grace_s: float, *, only: str | None = None
+    ) -> list[tuple[Leftover, str | None]]:
+        """vmdk files named with an abandoned create token (``only``: with this token) that no VM refers to.
+
+        One SearchDatastoreSubFolders_Task per datastore in scope finds the candidates by name.
+        Only if there are any are the references read: every VM of the vCenter (a VM of another
+        cluster may use a shared datastore), with its devices, its file layout and the devices
+        of each of its snapshots, so a disk a snapshot still holds is never taken.
+        Returns each leftover with the datacenter its datastore belongs to.
+        """
+        from virtdrivers.reaping import CreateToken
+
+        vim, _ = sdk()
+        inv = self._inventory(content, with_vms=False)
+        stores: dict[str, tuple[str, str | None]] = {}
+        for cluster in self._scope(inv):
+            for ds in cluster.datastores:
+                if ds in inv.datastores:
+                    stores.setdefault(ds, (inv.datastores[ds].name, cluster.datacenter))
+        if not stores:
+            return []
+        refs = [self._ref(content, "Datastore", ds) for ds in sorted(stores)]
+        browsers = {
+            mapping.moid(o.obj): mapping.props_of(o).get("browser")
+            for o in self._s.retrieve_objects(content, refs, ["browser"])
+        }
+        spec = vim.host.DatastoreBrowser.SearchSpec(
+            query=[vim.host.DatastoreBrowser.VmDiskQuery()],
+            matchPattern=[f"{only}_*.vmdk" if only else "vdc1-*.vmdk"],
+        )
+        candidates: dict[tuple[str, str], tuple[str, CreateToken, str | None]] = {}
+        for ds, (name, datacenter) in sorted(stores.items()):
+            browser = browsers.get(ds)
+            if browser is None:
+                continue
+            results = self._task(
+                content, browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec), f"search datastore {name}"
+            )
+            for result in results or ():
+                for f in result.file or ():
+                    text = mapping.disk_token(str(f.path))
+                    token = CreateToken.decode(text)
+                    if text is None or token is None:
+                        continue
+                    if only is not None and text != only:
+                        continue
+                    if only is None and not token.abandoned(grace_s):
+                        continue
+                    path = mapping.datastore_file(f"{result.folderPath}/{f.path}")
+                    if path is not None:
+                        candidates[path] = (text, token, datacenter)
+        if not candidates:
+            return []
+        referenced, creators = self._references(content)
+        out = []
+        for (ds_name, rel), (text, token, datacenter) in sorted(candidates.items()):
+            if (ds_name, rel) in referenced or text in creators:
+                continue
+            out.append(
+                (
+                    Leftover(
+                        kind="disk",
+                        ref=f"[{ds_name}] {rel}",
+                        name=rel.rsplit("/", 1)[-1],
+                        token=text,
+                        reason=_why(token) + "; no VM refers to it",
+                    ),
+                    datacenter,
+                )
+            )
+        return out
+
+    def _references(self, content: Any) -> tuple[set[tuple[str, str]], set[str]]:
+        """Every datastore file any VM of the vCenter, or any of its snapshots, refers to; and the
+        tokens of the creates that made the VMs (a disk of theirs detached and kept is still theirs)."""
+        paths = ("config.hardware.device", "layoutEx.file", "layoutEx.snapshot", "config.extraConfig")
+        view = self._s.view(content, ("VirtualMachine",))
+        referenced: set[tuple[str, str]] = set()
+        creators: set[str] = set()
+        snapshots = []
+        for oc in self._s.retrieve(content, view, {"VirtualMachine": paths}):
+            props = mapping.props_of(oc)
+            referenced |= mapping.referenced_files(props)
+            creator = mapping.extra_config(props).get(mapping.CREATED_BY_KEY)
+            if creator:
+                creators.add(creator)
+            snapshots += [s.key for s in props.get("layoutEx.snapshot") or () if getattr(s, "key", None) is not None]
+        for oc in self._s.retrieve_objects(content, snapshots, ["config.hardware.device"]):
+            referenced |= mapping.referenced_files(mapping.props_of(oc))
+        return referenced, creators
+
+    def _delete_disk(self, content: Any, path: str, datacenter: str | None) -> None:
+        dc = self._ref(content, "Datacenter", datacenter) if datacenter else None
+        manager = content.virtualDiskManager
+        self._task(content, manager.DeleteVirtualDisk_Task(path, dc), f"delete {path}")
+        log.info("vsphere: reaped %s, left by an interrupted create", path)
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -41,6 +41,13 @@ from virtdrivers_vmware._sdk import sdk
 
 #: extraConfig key marking a VM as created (or adopted) by virtdrivers.
 MANAGED_KEY = "virtdrivers.managed"
+#: extraConfig key holding the operation token of a create in progress (see :mod:`virtdrivers.reaping`).
+#: CreateVM_Task sets it with everything else, so the VM never exists without it; the create's
+#: last step empties it. A VM whose token outlived its create is a leftover ``reap`` removes.
+CREATE_TOKEN_KEY = "virtdrivers.create_token"
+#: extraConfig key keeping the token of the create that made a VM, for the VM's life: a disk
+#: named with that token is this VM's even once detached and kept, so reap never takes it.
+CREATED_BY_KEY = "virtdrivers.created_by"
 #: extraConfig prefix for instance metadata; vSphere keeps extraConfig with the VM through moves and snapshots.
 META_PREFIX = "virtdrivers.meta."
 #: Metadata keys vSphere would refuse in extraConfig are stored hex-encoded under this prefix.
@@ -543,9 +550,67 @@ def free_scsi_slots(devices: Sequence[Any] | None) -> tuple[int | None, list[int
     return int(controller.key), [u for u in range(MAX_SCSI_UNITS) if u not in used]
 
 
-def disk_file(directory: str, vm_name: str, index: int) -> str:
+def disk_file(directory: str, vm_name: str, index: int, token: str | None = None) -> str:
+    """The vmdk path of a VM's disk ``index``; a create's disks start with its operation token.
+
+    A disk that CreateVM_Task made but no VM refers to (the task failed midway, a cleanup
+    was cut short) is visible to nothing but a datastore search: the token at the start of
+    its name, anchored and followed by '_' (outside the token's alphabet), says whose create
+    it was. Tokens are at most about 120 bytes, a name 80: within a datastore's 255.
+    """
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", vm_name)
-    return f"{directory}/{safe}_{index}.vmdk" if directory else f"{safe}_{index}.vmdk"
+    base = f"{token}_{safe}_{index}.vmdk" if token else f"{safe}_{index}.vmdk"
+    return f"{directory}/{base}" if directory else base
+
+
+def create_token_of(props: Mapping[str, Any]) -> str | None:
+    """The operation token of a VM whose create has not completed (None once it has)."""
+    return extra_config(props).get(CREATE_TOKEN_KEY) or None
+
+
+def disk_token(file_name: str) -> str | None:
+    """The create token a vmdk's name starts with (as :func:`disk_file` writes it), or None.
+
+    Anchored at the start of the base name, so a VM *named* like a token cannot plant one.
+    """
+    from virtdrivers.reaping import TOKEN_PATTERN
+
+    base = file_name.rsplit("/", 1)[-1]
+    m = TOKEN_PATTERN.match(base)
+    if m is None or base[m.end() : m.end() + 1] != "_":
+        return None
+    return m.group(0)
+
+
+def datastore_file(path: str) -> tuple[str, str] | None:
+    """``[ds] dir/file.vmdk`` as (``ds``, ``dir/file.vmdk``), for comparing paths from different calls.
+
+    vcsim's datastore browser reports sub-folders as ``[ds]/dir``, vCenter as ``[ds] dir``:
+    the separator after the datastore is dropped, as are duplicate slashes.
+    """
+    m = _DATASTORE_PATH.match(path or "")
+    if not m:
+        return None
+    rest = "/".join(p for p in m.group("path").split("/") if p)
+    return m.group("ds"), rest
+
+
+def referenced_files(props: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """Every datastore file a VM (or a snapshot's config) refers to: disk backings with
+    their parent chains, and the VM's file layout."""
+    out: set[tuple[str, str]] = set()
+    for dev in props.get("config.hardware.device") or ():
+        backing = getattr(dev, "backing", None)
+        while backing is not None:
+            name = datastore_file(str(getattr(backing, "fileName", "") or ""))
+            if name is not None:
+                out.add(name)
+            backing = getattr(backing, "parent", None)
+    for f in props.get("layoutEx.file") or ():
+        name = datastore_file(str(getattr(f, "name", "") or ""))
+        if name is not None:
+            out.add(name)
+    return out
 
 
 def new_disk_change(disk: DiskSpec, *, datastore: str, file_path: str, controller_key: int, unit: int, key: int) -> Any:
@@ -577,11 +642,15 @@ def label_options(labels: Mapping[str, str | None]) -> list[Any]:
     return [vim.option.OptionValue(key=LABEL_PREFIX + label_key(f), value=v or "") for f, v in labels.items()]
 
 
-def create_spec(spec: InstanceSpec, *, datastore: str, instance_uuid: str | None = None) -> Any:
+def create_spec(
+    spec: InstanceSpec, *, datastore: str, instance_uuid: str | None = None, token: str | None = None
+) -> Any:
     """The ConfigSpec for CreateVM_Task: hardware, a paravirtual SCSI bus, disks and our marks.
 
     ``instance_uuid`` is chosen by us so that a create whose task fails (or whose answer is
     lost) can still find the VM it may have made, by ``SearchIndex.FindByUuid``, and remove it.
+    ``token`` is the create's operation token: it goes into the VM's extraConfig and the name
+    of every vmdk, in this one spec, so nothing the create makes ever exists without it.
     """
     vim, _ = sdk()
 
@@ -595,7 +664,7 @@ def create_spec(spec: InstanceSpec, *, datastore: str, instance_uuid: str | None
     labels: dict[str, str | None] = {}
     for i, disk in enumerate(spec.disks):
         # The VM's directory on the datastore is named after its (escaped) name.
-        path = disk_file(escaped_name(spec.name), spec.name, i + 1)
+        path = disk_file(escaped_name(spec.name), spec.name, i + 1, token)
         changes.append(
             new_disk_change(
                 disk, datastore=datastore, file_path=path, controller_key=controller_key, unit=i, key=-(101 + i)
@@ -604,6 +673,9 @@ def create_spec(spec: InstanceSpec, *, datastore: str, instance_uuid: str | None
         if disk.label:
             labels[path] = disk.label
     extra = [vim.option.OptionValue(key=MANAGED_KEY, value="true")]
+    if token:
+        extra.append(vim.option.OptionValue(key=CREATE_TOKEN_KEY, value=token))
+        extra.append(vim.option.OptionValue(key=CREATED_BY_KEY, value=token))
     extra += [vim.option.OptionValue(key=metadata_key(k), value=v) for k, v in spec.metadata.items()]
     extra += label_options(labels)
     return vim.vm.ConfigSpec(
@@ -678,6 +750,9 @@ _FAULTS: dict[str, type[DriverError]] = {
     "vmodl.fault.NotSupported": NotSupported,
     "vmodl.fault.RequestCanceled": BackendUnavailable,
     "vmodl.fault.HostCommunication": BackendUnavailable,
+    # "A general system error occurred": the server (or a host behind it) failed, not the
+    # request; callers treat it as they treat an unreachable backend (retry later, elsewhere).
+    "vmodl.fault.SystemError": BackendUnavailable,
 }
 
 

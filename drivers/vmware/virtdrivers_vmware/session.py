@@ -21,50 +21,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
-
-from virtdrivers.driver import DriverSettings
 from virtdrivers.errors import AuthenticationFailed, BackendUnavailable, DriverError, Timeout, redact
 from virtdrivers_vmware import mapping
 from virtdrivers_vmware._sdk import sdk, smart_connect
+from virtdrivers_vmware.settings import VSphereSettings
+
+__all__ = ["Session", "VSphereSettings"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class VSphereSettings(DriverSettings):
-    """How to reach a vCenter (or vcsim) and which part of it this driver serves."""
-
-    host: str = Field(min_length=1, max_length=255)
-    port: int = Field(default=443, ge=1, le=65535)
-    user: str = Field(min_length=1, max_length=255)
-    password: SecretStr
-    cluster: str | None = Field(default=None, max_length=80)
-    """Serve only this cluster (one node); None serves every cluster of the vCenter."""
-    datastore: str | None = Field(default=None, max_length=80)
-    """Datastore for new VMs; None picks the cluster's datastore with the most free space."""
-    ca_file: str | None = None
-    """PEM file of the CA (or the self-signed certificate) to trust, hostname checked."""
-    thumbprint: str | None = None
-    """SHA-256 fingerprint of the server certificate to pin (hex, colons optional), hostname not checked."""
-    insecure: bool = False
-    """Skip certificate verification entirely. Explicit opt-in, logged as a warning on every connect."""
-    task_timeout: float = Field(default=600.0, gt=0)
-    """Seconds to wait for one vSphere task."""
-    http_timeout: float = Field(default=120.0, gt=0)
-    page_size: int = Field(default=1000, ge=1, le=100_000)
-    """Objects per RetrievePropertiesEx page."""
-
-    @field_validator("thumbprint")
-    @classmethod
-    def _normalize_thumbprint(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        hexed = value.replace(":", "").strip().lower()
-        if len(hexed) != 64 or any(c not in "0123456789abcdef" for c in hexed):
-            raise ValueError("must be a SHA-256 fingerprint: 64 hex digits, colons optional")
-        return hexed
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -330,6 +296,14 @@ class Session:
 
     # -- waiting -----------------------------------------------------------------------------
 
+    def _long_poll(self, remaining: float) -> int:
+        """Seconds one WaitForUpdatesEx may block: within the deadline, and well within the socket timeout.
+
+        The server holds a long poll open for up to maxWaitSeconds; a poll longer than
+        ``http_timeout`` would have the socket give up on a healthy server.
+        """
+        return max(1, min(int(remaining) or 1, 60, int(self.settings.http_timeout / 2) or 1))
+
     def wait_for_task(self, content: Any, task: Any, *, what: str, timeout: float | None = None) -> Any:
         """Wait for a vSphere task through the PropertyCollector; its result, or our error for its fault.
 
@@ -380,7 +354,7 @@ class Session:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(f"{self.name}: {what} did not finish in time")
-                options = pcls.WaitOptions(maxWaitSeconds=max(1, min(int(remaining), 60)))
+                options = pcls.WaitOptions(maxWaitSeconds=self._long_poll(remaining))
                 try:
                     update = collector.WaitForUpdatesEx(version, options)
                 except vmodl.fault.ManagedObjectNotFound as exc:
@@ -420,7 +394,7 @@ class Session:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                options = pcls.WaitOptions(maxWaitSeconds=max(1, min(int(remaining), 60)))
+                options = pcls.WaitOptions(maxWaitSeconds=self._long_poll(remaining))
                 update = collector.WaitForUpdatesEx(version, options)
                 if update is None:
                     continue

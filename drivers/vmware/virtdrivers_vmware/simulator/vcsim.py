@@ -13,22 +13,19 @@ import base64
 import contextlib
 import json
 import os
-import shutil
-import ssl
-import subprocess
-import tempfile
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from virtdrivers.endpoint import EndpointHooks
 from virtdrivers.errors import BackendUnavailable
-from virtdrivers.testing.process import stop_child
 
+# ``embedded_endpoints()`` imports this module to name its hooks whenever plugins are listed:
+# process, TLS and HTTP modules are imported by the functions that start or reach vcsim.
 if TYPE_CHECKING:
+    import subprocess
+
     from virtdrivers.driver import Driver
 
 _ROOM = Path(__file__).resolve().parents[2]
@@ -37,6 +34,8 @@ USER = "vdadmin"
 
 def launcher_path() -> Path:
     """Where the vcsim launcher is, building it first when this checkout has not yet."""
+    import subprocess
+
     override = os.environ.get("VIRTDRIVERS_VCSIM")
     if override:
         return Path(override)
@@ -80,6 +79,8 @@ class Vcsim:
         self.method_delay = dict(method_delay or {})
         self.mark = mark
         self.session_idle_timeout = session_idle_timeout
+        import tempfile
+
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="vd-vcsim-"))
         self.password = os.urandom(12).hex()
@@ -93,6 +94,8 @@ class Vcsim:
         return self.dir / "vcsim.pem"
 
     def start(self) -> dict[str, Any]:
+        import subprocess
+
         if self.proc is not None:
             return self.info
         binary = launcher_path()
@@ -143,6 +146,8 @@ class Vcsim:
 
     def stop(self) -> None:
         """Stop the process we started (by its PID, through stdin then SIGTERM, SIGKILL last)."""
+        from virtdrivers.testing.process import stop_child
+
         proc, self.proc = self.proc, None
         if proc is not None:
             stop_child(proc, grace=10.0)
@@ -163,6 +168,8 @@ class Vcsim:
         return self.start()
 
     def cleanup(self) -> None:
+        import shutil
+
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -193,6 +200,10 @@ def set_fault(settings: Mapping[str, Any], **request: str) -> None:
     with ``host_state`` (``notResponding``, ``disconnected`` or ``connected`` for all its hosts).
     The knob is reached over the same verified HTTPS as the driver's own calls.
     """
+    import ssl
+    import urllib.error
+    import urllib.request
+
     password = settings["password"]
     secret = password.get_secret_value() if hasattr(password, "get_secret_value") else str(password)
     credentials = base64.b64encode(f"{settings['user']}:{secret}".encode()).decode()
