@@ -417,6 +417,11 @@ class Driver(ABC):
         raise self._unsupported("list_snapshots", Capability.SNAPSHOT)
 
     def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
+        """Restore the configuration and disks of a snapshot of this instance.
+
+        A snapshot with memory comes back in the power state it was taken in; one without
+        memory comes back powered off, since there is no running state to restore.
+        """
         raise self._unsupported("revert_snapshot", Capability.SNAPSHOT)
 
     def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:

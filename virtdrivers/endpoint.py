@@ -114,3 +114,6 @@ class EmbeddedEndpoint:
     #: None and ``backend`` is set, the runner uses what the peer reported over the wire.
     imitates: str | None = None
     hooks: EndpointHooks = field(default_factory=EndpointHooks)
+    #: Whether the peer checks the secret-bearing setting, so a wrong one must be refused.
+    #: False only for a local peer with nothing to authenticate (an in-process hypervisor).
+    authenticates: bool = True

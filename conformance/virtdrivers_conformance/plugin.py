@@ -255,6 +255,7 @@ class ConformanceSession:
         self.driver: Driver | None = None
         #: The embedded endpoint's fault hooks (None for configured settings), for the suite's fixtures.
         self.hooks: EndpointHooks | None = None
+        self.authenticates = True
         self.secrets: set[str] = set()
         self.evidence: str = config.getoption("vd_evidence") or Evidence.REAL.value
         self.endpoint_backend: tuple[str | None, str | None] = (None, None)
@@ -303,6 +304,7 @@ class ConformanceSession:
             self.imitates = endpoint.imitates
             unavailable = endpoint.unavailable
             self.hooks = endpoint.hooks
+            self.authenticates = endpoint.authenticates
             self.settings = dict(self.stack.enter_context(endpoint.start()))
             self.secrets.update(_secret_values(self.settings, secret_setting_names(self.cls, self.settings)))
         else:

@@ -26,4 +26,6 @@ class TestSelectedDriver(ConformanceSuite):
     def endpoint(cls, request: pytest.FixtureRequest) -> EndpointUnderTest:
         """The embedded endpoint's fault hooks with the settings it yielded; none for configured settings."""
         session = request.config.stash[SESSION_KEY]
-        return EndpointUnderTest(hooks=session.hooks or EndpointHooks(), settings=dict(session.settings))
+        return EndpointUnderTest(
+            hooks=session.hooks or EndpointHooks(), settings=dict(session.settings), authenticates=session.authenticates
+        )

@@ -62,6 +62,8 @@ class EndpointUnderTest:
 
     hooks: EndpointHooks = field(default_factory=EndpointHooks)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether a wrong secret must be refused (see ``EmbeddedEndpoint.authenticates``).
+    authenticates: bool = True
 
     def _need(self, name: str) -> Any:
         hook = getattr(self.hooks, name)
