@@ -21,7 +21,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from virtdrivers.errors import BackendUnavailable, InstanceNotFound
+from virtdrivers.errors import AuthenticationFailed, BackendUnavailable, InstanceNotFound
 from virtdrivers.objects import EventType, LifecycleEvent, PowerState
 from virtdrivers_libvirt.daemon import LibvirtDaemon, unavailable_reason
 from virtdrivers_libvirt.driver import LibvirtDriver
@@ -264,14 +264,49 @@ def test_bulk_list_of_1000_domains_is_one_round_trip(tmp_path: Path, monkeypatch
 
 def test_a_peer_that_is_down_does_not_stop_the_driver(tmp_path: Path, test_settings: dict[str, str]) -> None:
     peer = LibvirtDaemon(tmp_path / "peer")  # not started yet: its socket does not exist
-    settings = {**test_settings, "peers": {"late": peer.uri("test", "/default")}}
+    settings = {**test_settings, "peers": {**test_settings["peers"], "late": peer.uri("test", "/default")}}
     with LibvirtDriver(settings) as d:
-        assert {n.name: n.state for n in d.list_nodes()} == {"test-node": "up", "late": "down"}
+        nodes = {"test-a": "up", "test-b": "up", "test-c": "up"}
+        assert {n.name: n.state for n in d.list_nodes()} == {**nodes, "late": "down"}
         mine = d.create({"name": "here", "vcpus": 1, "memory_mb": 64, "start": False})
         assert mine.id in {i.id for i in d.list_instances()}  # the reachable node still lists
         with pytest.raises(BackendUnavailable):
             d.get_instance("00000000-0000-4000-8000-000000000001")  # might be on the down node
         with peer:
-            assert {n.name: n.state for n in d.list_nodes()} == {"test-node": "up", "late": "up"}
+            assert {n.name: n.state for n in d.list_nodes()} == {**nodes, "late": "up"}
             with pytest.raises(InstanceNotFound):
                 d.get_instance("00000000-0000-4000-8000-000000000001")
+
+
+def _texts(exc: BaseException) -> list[str]:
+    """Every text an error and the errors chained to it show."""
+    out: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        out += [str(seen), repr(seen)]
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+def test_a_sasl_daemon_refuses_a_wrong_password_and_neither_password_shows(tmp_path: Path) -> None:
+    right = f"right-{uuid.uuid4().hex}"
+    with LibvirtDaemon(tmp_path / "d", sasl_user=("vd", right)) as daemon:
+        with LibvirtDriver(uri=daemon.uri(), username="vd", password=right) as d:
+            assert d.list_nodes()[0].state == "up"
+        wrong = f"wrong-{uuid.uuid4().hex}"
+        for settings in ({"username": "vd", "password": wrong}, {"username": "intruder", "password": right}, {}):
+            with pytest.raises(AuthenticationFailed) as err, LibvirtDriver(uri=daemon.uri(), **settings):
+                pass
+            assert not [t for t in _texts(err.value) if right in t or wrong in t]
+        assert right not in (tmp_path / "d" / "sasl" / "libvirt.conf").read_text()
+
+
+def test_pair_endpoint_fail_node_kills_and_restarts_that_daemon_only() -> None:
+    endpoint = next(e for e in LibvirtDriver.embedded_endpoints() if e.name == "qemu-pair")
+    assert endpoint.hooks.fail_node is not None
+    with endpoint.start() as settings, LibvirtDriver(settings) as d:
+        assert [n.name for n in d.list_nodes()] == ["node-a", "node-b", "node-c"]
+        endpoint.hooks.fail_node(settings, d, "node-b", True)
+        assert {n.name: n.state for n in d.list_nodes()} == {"node-a": "up", "node-b": "down", "node-c": "up"}
+        endpoint.hooks.fail_node(settings, d, "node-b", False)
+        assert {n.state for n in d.list_nodes()} == {"up"}

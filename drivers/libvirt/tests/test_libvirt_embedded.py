@@ -7,20 +7,27 @@ QEMU guest, events, graceful shutdown of a guest without an OS, adoption.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import subprocess
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from virtdrivers.errors import DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
-from virtdrivers.objects import EventType, LifecycleEvent, PowerState
+from virtdrivers.errors import AuthenticationFailed, DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.objects import DiskSpec, EventType, LifecycleEvent, PowerState
+from virtdrivers.reaping import CreateToken
+from virtdrivers_libvirt import mapping
 from virtdrivers_libvirt.driver import LibvirtDriver
-from virtdrivers_libvirt.session import Session
+from virtdrivers_libvirt.session import ChildReaper, EmbedKeeper, EventLoop, Session
+
+ENDPOINTS = {e.name: e for e in LibvirtDriver.embedded_endpoints()}
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -106,7 +113,7 @@ def test_list_is_one_backend_call_once_definitions_are_known(
     monkeypatch.setattr(Session, "call", counting)
     listed = {i.id: i for i in driver.list_instances()}
     assert made <= set(listed)
-    assert len(calls) == 1
+    assert len(calls) == len(driver.settings.peers) + 1  # one per node, however many domains
     assert all(listed[i].power_state == PowerState.SHUTDOWN for i in made)
 
 
@@ -187,9 +194,11 @@ def test_events_arrive_and_stop_on_close(driver: LibvirtDriver) -> None:
     with pytest.raises(queue.Empty):
         got.get(timeout=0.5)
     driver.close()
-    # No other driver is open in this test: the shared event loop and reaper stop too.
-    left = [t.name for t in threading.enumerate() if t.name.startswith(("libvirt-", "qemu-reaper"))]
-    assert left == []
+    # The driver's own threads stop; the shared event loop and reaper run on only while something
+    # of this process uses them (the embedded root's kept connection needs the loop).
+    left = sorted(t.name for t in threading.enumerate() if t.name.startswith(("libvirt-", "qemu-reaper")))
+    expected = ["libvirt-event-loop"] if EventLoop._users else []
+    assert left == sorted(expected + (["qemu-reaper"] if ChildReaper._users else []))
 
 
 def test_adopt_takes_a_pet_without_restarting_it(driver: LibvirtDriver) -> None:
@@ -252,3 +261,266 @@ def test_concurrent_callers_share_one_driver(test_settings: Mapping[str, Any]) -
         assert errors == []
         names = sorted(i.name for i in d.list_instances())
         assert names == sorted(f"t{n}-{k}" for n in range(4) for k in (0, 2, 4))
+
+
+def test_the_test_driver_refuses_a_wrong_or_missing_password(test_settings: Mapping[str, Any]) -> None:
+    right = test_settings["password"]
+    wrong = "wrong-" + right[::-1]
+    for settings in (
+        {**test_settings, "password": wrong},
+        {k: v for k, v in test_settings.items() if k not in ("username", "password")},
+    ):
+        with pytest.raises(AuthenticationFailed) as err, LibvirtDriver(settings):
+            pass
+        chain: list[BaseException] = [err.value]
+        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(nxt)
+        assert not [e for e in chain if right in f"{e}{e!r}" or wrong in f"{e}{e!r}"]
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_fail_next_create_hook_leaves_no_domain_and_no_file(
+    qemu: LibvirtDriver, qemu_settings: Mapping[str, Any], start: bool
+) -> None:
+    hook = ENDPOINTS["qemu"].hooks.fail_next_create
+    assert hook is not None
+    hook(qemu_settings, qemu)
+    with pytest.raises(DriverError, match="injected fault"):
+        qemu.create({"name": "doomed", **SMALL, "disks": [{"size_gib": 1}], "start": start})
+    assert os.listdir(qemu_settings["disk_dir"]) == []
+    assert "doomed" not in _domains(qemu)
+    assert qemu.create({"name": "doomed", **SMALL, "start": start}).name == "doomed"  # one-shot
+
+
+def test_concurrent_creates_of_one_name_on_different_nodes_one_wins(
+    test_settings: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirt refuses a duplicate name per node only: across nodes the driver must."""
+    nodes = [test_settings["node_name"], *test_settings["peers"]]
+    barrier = threading.Barrier(len(nodes))
+    outcomes: list[object] = []
+    real_make_disk = LibvirtDriver._make_disk
+
+    def slow_make_disk(self: LibvirtDriver, *args: Any) -> Any:
+        time.sleep(0.2)  # widens the window between the name check and the define, every time
+        return real_make_disk(self, *args)
+
+    monkeypatch.setattr(LibvirtDriver, "_make_disk", slow_make_disk)
+    with LibvirtDriver(test_settings) as d:
+
+        def make(node: str) -> None:
+            barrier.wait()
+            try:
+                spec = {"name": "contested", **SMALL, "node": node, "start": False, "disks": [{"size_gib": 1}]}
+                outcomes.append(d.create(spec))
+            except InvalidSpec as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=make, args=(n,)) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        errors = [o for o in outcomes if isinstance(o, InvalidSpec)]
+        assert len(outcomes) == len(nodes)
+        assert len(errors) == len(nodes) - 1
+        assert {e.field for e in errors} == {"name"}
+        assert [i.name for i in d.list_instances()] == ["contested"]
+
+
+def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    calls: list[object] = []
+    real = Session.call
+
+    def counting(self: Session, fn: Any, **kw: Any) -> Any:
+        calls.append(fn)
+        return real(self, fn, **kw)
+
+    monkeypatch.setattr(Session, "call", counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "😀" * 64,  # 256 bytes: "File name too long" for etc/qemu/NAME.xml.new
+        "日" * 64,  # defines, then "UNIX socket path too long" for the monitor at start
+        "日" * 16,  # 48 bytes in the socket directory's short name: too long still
+        ".",  # defines, and then can never be undefined ("Cannot delete directory")
+        "..",
+    ],
+    ids=["emoji64", "japanese64", "japanese16", "dot", "dotdot"],
+)
+def test_names_qemu_cannot_hold_are_refused_before_any_call(
+    qemu: LibvirtDriver, qemu_settings: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    calls = _counting_calls(monkeypatch)
+    with pytest.raises(InvalidSpec) as err:
+        qemu.create({"name": name, **SMALL, "disks": [{"size_gib": 1}]})
+    assert err.value.field == "name"
+    assert calls == []
+    monkeypatch.undo()
+    assert os.listdir(qemu_settings["disk_dir"]) == []
+    assert name not in _domains(qemu)
+
+
+@pytest.mark.parametrize("name", ["...", "日" * 13 + "a", "😀" * 10, "a b'\"<>&;$(x)*?~:"])
+def test_names_at_the_limits_start_and_round_trip_exactly(qemu: LibvirtDriver, name: str) -> None:
+    info = qemu.create({"name": name, **SMALL})
+    assert (info.name, info.power_state) == (name, PowerState.RUNNING)
+    assert qemu.find_instance(name).id == info.id
+    qemu.destroy(info.id)
+    assert name not in _domains(qemu)
+
+
+@pytest.mark.parametrize("value", ["\x00", "\x1b", "a\x08b", "\ufffe"], ids=["nul", "esc", "backspace", "fffe"])
+def test_metadata_xml_cannot_hold_is_refused_before_any_call(
+    driver: LibvirtDriver, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    calls = _counting_calls(monkeypatch)
+    with pytest.raises(InvalidSpec) as err:
+        driver.create({"name": "hostile", **SMALL, "start": False, "metadata": {"ok": "fine", "bad": value}})
+    assert err.value.field == "metadata.bad"
+    assert calls == []
+
+
+def test_metadata_whitespace_and_markup_round_trip_exactly(driver: LibvirtDriver) -> None:
+    meta = {
+        "crlf": "line\r\nline\r\n",
+        "cr": "\r",
+        "space": " ",
+        "tab": "\t",
+        "markup": "<a href='x'>&amp;</a>]]>",
+        "c1": "\x85\u2028",
+        "empty": "",
+    }
+    info = driver.create({"name": "exact", **SMALL, "start": False, "metadata": meta})
+    assert info.metadata == meta
+    driver.attach_disk(info.id, {"size_gib": 1, "label": "data"})  # rewrites our metadata element
+    driver.resize(info.id, vcpus=2)  # rewrites the whole definition
+    listed = {i.id: i for i in driver.list_instances()}[info.id]
+    assert listed.metadata == driver.get_instance(info.id).metadata == meta
+
+
+def test_destroy_finishes_when_the_guest_died_after_the_state_was_read(
+    qemu: LibvirtDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: destroy saw the domain running, QEMU died, libvirt says "domain is not running"."""
+    info = qemu.create({"name": "dying", **SMALL, "start": False, "disks": [{"size_gib": 1}]})
+    monkeypatch.setattr(LibvirtDriver, "_active", staticmethod(lambda node, dom: True))  # the stale read
+    qemu.destroy(info.id)
+    monkeypatch.undo()
+    assert "dying" not in _domains(qemu)
+    with pytest.raises(InstanceNotFound):
+        qemu.get_instance(info.id)
+
+
+def test_the_embedded_driver_opens_any_number_of_times(qemu_settings: Mapping[str, Any]) -> None:
+    """libvirt registers the embedded QEMU driver on every open of its URI and has room for
+    about 16 per process: sessions share one kept connection, so drivers come and go for ever."""
+    for n in range(40):
+        with LibvirtDriver(qemu_settings) as d:
+            assert d.list_nodes()[0].state == "up", n
+    assert list(EmbedKeeper._held) == [qemu_settings["uri"]]
+
+
+def test_two_drivers_on_the_embedded_uri_at_once_both_get_events(qemu_settings: Mapping[str, Any]) -> None:
+    """Both share the one kept connection; libvirt-python takes one lifecycle callback per
+    connection, so the keeper fans events out, and closing one driver leaves the other's."""
+    first: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+    second: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+    with LibvirtDriver(qemu_settings) as a, LibvirtDriver(qemu_settings) as b:
+        a.subscribe(first.put)
+        b.subscribe(second.put)
+        info = a.create({"name": "shared", **SMALL, "start": False})
+        for got in (first, second):
+            assert (got.get(timeout=30).instance_id, info.id) == (info.id, info.id)
+        a.close()
+        b.destroy(info.id)
+        assert second.get(timeout=30).type == EventType.DESTROYED
+        assert first.empty()
+
+
+def _token(*, alive: bool) -> str:
+    """A token of this process (alive), or of a process that is gone (same PID, other start)."""
+    token = CreateToken.new()
+    return token.encode() if alive else dataclasses.replace(token, pid_start=token.pid_start + 1).encode()
+
+
+def test_reap_removes_what_interrupted_creates_left_and_nothing_else(driver: LibvirtDriver) -> None:
+    node = driver._primary
+    kept = driver.create({"name": "complete", **SMALL, "start": False, "disks": [{"size_gib": 1}]})
+    assert driver.reap(dry_run=True) == []  # a completed create carries no token
+    # What a create killed midway leaves, made on the real peer: a defined domain still carrying
+    # its token and the disk it got, and a disk file made before the domain was defined.
+    dead, live = _token(alive=False), _token(alive=True)
+    uid = str(uuid.uuid4())
+    disk = driver._make_disk(node, uid, "sda", DiskSpec(size_gib=1), dead)
+    xml = mapping.domain_xml(
+        uuid=uid,
+        name="half-made",
+        vcpus=1,
+        memory_mb=64,
+        domain_type=driver._domain_type_for(node),
+        disks=(disk,),
+        machine=None if driver._domain_type_for(node) == "test" else "pc",
+        create_token=dead,
+    )
+    node.session.call(lambda c: c.defineXML(xml))
+    orphan = driver._make_disk(node, str(uuid.uuid4()), "sda", DiskSpec(size_gib=1), dead)
+    running = driver._make_disk(node, str(uuid.uuid4()), "sda", DiskSpec(size_gib=1), live)  # still being made
+    assert {i.id for i in driver.list_instances()} == {kept.id, uid}  # visible, though unfinished
+    found = driver.reap(dry_run=True)
+    assert sorted((f.kind, f.ref) for f in found) == [("disk", orphan.path), ("instance", uid)]
+    assert {f.token for f in found} == {dead}
+    assert sorted((f.kind, f.ref) for f in driver.reap()) == [("disk", orphan.path), ("instance", uid)]
+    assert driver.reap(dry_run=True) == []
+    assert [i.id for i in driver.list_instances()] == [kept.id]
+    assert set(node.store.made()) == {
+        kept_disk.path
+        for kept_disk in driver._record(
+            node, node.session.call(lambda c: c.lookupByUUIDString(kept.id)), fresh=True
+        ).disks
+    } | {running.path}
+    node.store.delete(running.path)
+
+
+def test_disks_a_revert_drops_go_once_no_snapshot_holds_them(
+    qemu: LibvirtDriver, qemu_settings: Mapping[str, Any]
+) -> None:
+    def files() -> int:
+        return len(os.listdir(qemu_settings["disk_dir"]))
+
+    info = qemu.create({"name": "layers", **SMALL, "start": False, "disks": [{"size_gib": 1}]})
+    first = qemu.create_snapshot(info.id, "first")
+    qemu.attach_disk(info.id, {"size_gib": 1})  # sdb: held by "second"
+    second = qemu.create_snapshot(info.id, "second")
+    qemu.attach_disk(info.id, {"size_gib": 1})  # sdc: held by nothing but the definition
+    assert files() == 3
+    qemu.revert_snapshot(info.id, first.id)
+    assert files() == 2  # sdc is gone; sdb stays, "second" brings it back
+    assert [d.id for d in qemu.revert_snapshot(info.id, second.id).disks] == ["sda", "sdb"]
+    qemu.revert_snapshot(info.id, first.id)
+    qemu.delete_snapshot(info.id, second.id)
+    assert files() == 1  # the last snapshot holding sdb went
+    qemu.attach_disk(info.id, {"size_gib": 1})
+    qemu.create_snapshot(info.id, "third")
+    qemu.revert_snapshot(info.id, first.id)
+    assert files() == 2  # held by "third" only
+    qemu.destroy(info.id)
+    assert files() == 0  # undefine takes the snapshots, and their disks go too
+    assert qemu.reap(dry_run=True, grace_s=0) == []
+
+
+def test_a_disk_detached_and_kept_is_never_reaped(driver: LibvirtDriver) -> None:
+    info = driver.create({"name": "keeper", **SMALL, "start": False, "disks": [{"size_gib": 1}, {"size_gib": 1}]})
+    node = driver._primary
+    before = set(node.store.made())
+    driver.detach_disk(info.id, "sdb", delete=False)
+    assert driver.reap(dry_run=True, grace_s=0) == []
+    after = set(node.store.made())
+    assert len(after) == len(before)  # kept, under a name without the operation's trail
+    driver.destroy(info.id)
+    (kept,) = set(node.store.made()) - before
+    assert driver.reap(dry_run=True, grace_s=0) == []
+    node.store.delete(kept)

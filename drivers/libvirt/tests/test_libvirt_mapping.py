@@ -189,3 +189,39 @@ def test_node_file_has_pool_and_unmanaged_pets() -> None:
     assert root.find("pool/name").text == "default"  # type: ignore[union-attr]
     pets = [mapping.parse_domain_xml(ET.tostring(d, encoding="unicode")) for d in root.findall("domain")]
     assert [(p.name, p.uuid, p.managed) for p in pets] == [("pet-1", UUID, False)]
+
+
+def test_name_limits_follow_the_uri() -> None:
+    system, remote = "qemu:///system", "qemu+tls://host.example/system"
+    embed_short, embed_long = "qemu:///embed?root=/r", "qemu:///embed?root=/" + "x" * 29  # 40 bytes left
+    # The test driver keeps no files: anything the contract accepts.
+    assert mapping.name_problem("😀" * 64, "test:///default") is None
+    assert mapping.name_problem(".", "test+unix:///default?socket=/s") is None
+    for uri in (system, remote, embed_short, embed_long, "qemu:///session"):
+        assert mapping.name_problem(".", uri)
+        assert mapping.name_problem("..", uri)
+        assert mapping.name_problem("...", uri) is None
+        assert mapping.name_problem("a" * 64, uri) is None  # only 20 characters reach the socket
+        assert mapping.name_problem("😀" * 62, uri)  # 248 bytes: NAME.xml.new is over NAME_MAX
+    # The monitor socket: /var/lib/libvirt/qemu leaves 58 bytes for the first 20 characters.
+    assert mapping.name_problem("日" * 19 + "a", system) is None  # 58 bytes
+    assert mapping.name_problem("日" * 19 + "ab", system) is None  # still 58: only 20 characters count
+    assert mapping.name_problem("日" * 20, system)  # 60 bytes
+    assert mapping.name_problem("日" * 20, remote)
+    assert mapping.name_problem("日" * 19 + "a", embed_long)  # a longer root leaves less room
+    assert mapping.name_problem("日" * 19 + "a", embed_short) is None
+
+
+def test_unstorable_is_what_xml_cannot_hold() -> None:
+    for bad in ("\x00", "a\x1bb", "\x08", "\x0b", "\ufffe", "\uffff"):
+        assert mapping.unstorable(bad), repr(bad)
+    for fine in ("", "\t", "\n", "\r", "\x85", "\u2028", "😀", "<&>"):
+        assert mapping.unstorable(fine) is None, repr(fine)
+
+
+def test_carriage_returns_survive_the_xml() -> None:
+    xml = mapping.domain_xml(uuid="u", name="n", vcpus=1, memory_mb=64, domain_type="test", metadata={"k": "a\r\nb\r"})
+    assert "\r" not in xml
+    record = mapping.parse_domain_xml(xml)
+    assert record.metadata == {"k": "a\r\nb\r"}
+    assert mapping.parse_domain_xml(mapping.resized_xml(xml, vcpus=2, memory_mb=None)).metadata == record.metadata

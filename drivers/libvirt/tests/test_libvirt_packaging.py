@@ -64,7 +64,7 @@ def test_unreachable_daemon_is_backend_unavailable(tmp_path: object) -> None:
 
 
 def test_real_libvirt_errors_translate(test_settings: dict[str, str]) -> None:
-    session = Session(test_settings["uri"])
+    session = Session(test_settings["uri"], credentials=(test_settings["username"], test_settings["password"]))
     session.open()
     try:
         with pytest.raises(InstanceNotFound) as err:

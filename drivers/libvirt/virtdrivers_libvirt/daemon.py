@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -59,13 +60,16 @@ class LibvirtDaemon:
         *,
         host_uuid: str | None = None,
         migration_ports: tuple[int, int] | None = None,
-        start_timeout: float = 30.0,
+        start_timeout: float = 60.0,
+        sasl_user: tuple[str, str] | None = None,
     ) -> None:
         self._own_scratch = scratch is None
         self.scratch = Path(scratch) if scratch is not None else Path(tempfile.mkdtemp(prefix="vd-libvirtd-"))
         self.host_uuid = host_uuid or str(uuid.uuid4())
         self.migration_ports = migration_ports or _free_port_window()
         self.start_timeout = start_timeout
+        #: (username, password) the socket demands through SASL (SCRAM-SHA-256), or None for no auth.
+        self._sasl_user = sasl_user
         self._proc: subprocess.Popen[bytes] | None = None
         self._qemu_pids: set[int] = set()
 
@@ -94,11 +98,14 @@ class LibvirtDaemon:
             (self.scratch / sub).mkdir(parents=True, exist_ok=True)
         (self.scratch / "run" / "libvirt").mkdir(exist_ok=True)
         etc = self.scratch / "etc"
+        auth = "sasl" if self._sasl_user is not None else "none"
         (etc / "libvirtd.conf").write_text(
             f'host_uuid = "{self.host_uuid}"\n'
-            'auth_unix_rw = "none"\nauth_unix_ro = "none"\nunix_sock_rw_perms = "0700"\n'
+            f'auth_unix_rw = "{auth}"\nauth_unix_ro = "{auth}"\nunix_sock_rw_perms = "0700"\n'
             'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
         )
+        if self._sasl_user is not None:
+            _write_sasl_db(self.scratch / "sasl", *self._sasl_user)
         lo, hi = self.migration_ports
         (etc / "qemu.conf").write_text(
             'stdio_handler = "file"\nuser = "root"\ngroup = "root"\nremember_owner = 0\n'
@@ -118,6 +125,9 @@ class LibvirtDaemon:
         mounts = " && ".join(f"mount --bind {self.scratch / src} {dst}" for src, dst in _BIND.items())
         script = f"set -e; mkdir -p /var/log/libvirt /var/cache/libvirt; {mounts}; exec tini -s -- /usr/sbin/libvirtd"
         log = open(self.scratch / "daemon.out", "ab")  # noqa: SIM115  (kept open for the child)
+        env = dict(os.environ)
+        if self._sasl_user is not None:
+            env["SASL_CONF_PATH"] = str(self.scratch / "sasl")  # cyrus-sasl reads libvirt.conf there
         try:
             self._proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -125,6 +135,7 @@ class LibvirtDaemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
         finally:
             log.close()
@@ -208,6 +219,41 @@ class LibvirtDaemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+#: Run in a child process: cyrus-sasl's server state is process-wide, and libvirt's client side
+#: in this process uses the same library. This is what ``saslpasswd2 -c`` does (sasl2-bin is not
+#: needed): the SCRAM plugin stores its salted secret in the sasldb named by the config.
+_SASL_SETPASS = """
+import ctypes, os, sys
+lib = ctypes.CDLL("libsasl2.so.2")
+conn = ctypes.c_void_p()
+user, password = sys.stdin.read().split("\\0", 1)
+pw = password.encode()
+ok = lib.sasl_server_init(None, b"libvirt") == 0
+ok = ok and lib.sasl_server_new(b"libvirt", None, None, None, None, None, 0, ctypes.byref(conn)) == 0
+ok = ok and lib.sasl_setpass(conn, user.encode(), pw, len(pw), None, 0, 1) == 0
+sys.exit(0 if ok else 1)
+"""
+
+
+def _write_sasl_db(directory: Path, user: str, password: str) -> None:
+    """A SASL config and user database for libvirtd (SCRAM-SHA-256, which needs no TLS on a
+    UNIX socket). The password goes to the child on stdin, never on a command line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "passwd.db"
+    db.unlink(missing_ok=True)
+    (directory / "libvirt.conf").write_text(f"mech_list: scram-sha-256\nsasldb_path: {db}\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _SASL_SETPASS],
+        input=f"{user}\0{password}",
+        env={**os.environ, "SASL_CONF_PATH": str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        raise BackendUnavailable("cannot write the SASL user database (is libsasl2-modules installed?)")
 
 
 def _free_port_window(size: int = 16, low: int = 30000, high: int = 45000) -> tuple[int, int]:

@@ -12,8 +12,10 @@ name with libvirt's managed migration.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,6 +44,7 @@ from virtdrivers.errors import (
     InvalidState,
     NotFound,
     NotSupported,
+    Timeout,
     redact,
 )
 from virtdrivers.objects import (
@@ -52,14 +55,16 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
+    Leftover,
     LifecycleEvent,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers.reaping import CreateToken
 from virtdrivers_libvirt import mapping
 from virtdrivers_libvirt.session import Session
-from virtdrivers_libvirt.storage import DirStore, DiskStore, PoolStore
+from virtdrivers_libvirt.storage import MADE_PREFIX, DirStore, DiskStore, PoolStore
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +148,7 @@ class LibvirtDriver(Driver):
             Capability.COLD_MIGRATE,
             Capability.ADOPT,
             Capability.EVENTS,
+            Capability.REAP,
             Capability.DISK_RAW,
             Capability.DISK_QCOW2,
             Capability.DISK_VMDK,
@@ -179,6 +185,10 @@ class LibvirtDriver(Driver):
         self._events: queue.SimpleQueue[_DomainEvent | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
         self._domain_type: dict[str, str] = {}
+        #: One-shot fault for the conformance suite's failed-create check (see arm_create_fault).
+        self._create_fault = threading.Event()
+        #: Names of creates in flight through this driver.
+        self._creating: set[str] = set()
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -485,9 +495,46 @@ class LibvirtDriver(Driver):
             raise NotFound(f"node {name!r} not found")
         return node
 
+    def _check_spec(self, spec: InstanceSpec) -> None:
+        """Refuse what libvirt or QEMU would refuse late (or store changed), before any call.
+
+        The name is checked against every node, so that the instance can move to any of them.
+        """
+        for node in self._nodes.values():
+            problem = mapping.name_problem(spec.name, node.session.uri)
+            if problem:
+                raise InvalidSpec(f"{problem} (node {node.name!r})", field="name")
+        for key, value in spec.metadata.items():
+            if mapping.unstorable(key) or mapping.unstorable(value):
+                raise InvalidSpec(
+                    "metadata holds a character libvirt's XML cannot store (NUL or another control"
+                    " character, U+FFFE, U+FFFF)",
+                    field=f"metadata.{key}",
+                )
+        for n, disk in enumerate(spec.disks):
+            self._check_disk(disk, f"disks.{n}.label")
+
+    @staticmethod
+    def _check_disk(disk: DiskSpec, field: str) -> None:
+        if disk.label is not None and mapping.unstorable(disk.label):
+            raise InvalidSpec("label holds a character libvirt's XML cannot store", field=field)
+
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
-        report = progress or (lambda fraction, message: None)
         node = self._node(spec.node)
+        self._check_spec(spec)
+        # libvirt refuses a second domain of one name on one node, but not on two: creates of
+        # one name through this driver are serialised here, so exactly one can win anywhere.
+        with self._lock:
+            if spec.name in self._creating:
+                raise InvalidSpec(f"an instance named {spec.name!r} is being created already", field="name")
+            self._creating.add(spec.name)
+        try:
+            return self._create(node, spec, progress or (lambda fraction, message: None))
+        finally:
+            with self._lock:
+                self._creating.discard(spec.name)
+
+    def _create(self, node: _Node, spec: InstanceSpec, report: ProgressCallback) -> InstanceInfo:
         for other in list(self._nodes.values()):
             # Names are unique across the nodes we can reach; libvirt enforces it per node.
             skip = (InstanceNotFound,) if other is node else (InstanceNotFound, BackendUnavailable)
@@ -496,12 +543,15 @@ class LibvirtDriver(Driver):
                 raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
         domain_type = self._domain_type_for(node)
         uid = str(uuid.uuid4())
+        # Before the first change on the peer: every disk file's name and the domain carry it,
+        # so what a create killed midway leaves can be found by reap (virtdrivers.reaping).
+        token = CreateToken.new().encode()
         made: list[mapping.DiskRecord] = []
         dom: Any = None
         try:
             for n, disk in enumerate(spec.disks):
                 report(n / max(len(spec.disks), 1) * 0.8, f"creating disk {n + 1} of {len(spec.disks)}")
-                made.append(self._make_disk(node, uid, mapping.next_disk_dev({d.dev for d in made}), disk))
+                made.append(self._make_disk(node, uid, mapping.next_disk_dev({d.dev for d in made}), disk, token))
             xml = mapping.domain_xml(
                 uuid=uid,
                 name=spec.name,
@@ -511,11 +561,17 @@ class LibvirtDriver(Driver):
                 disks=tuple(made),
                 metadata=dict(spec.metadata),
                 machine=None if domain_type == "test" else self.settings.machine,
+                create_token=token,
             )
             dom = node.session.call(lambda c: c.defineXML(xml), ref=spec.name)
             if spec.start:
                 report(0.9, "starting")
                 node.session.call(lambda _c: dom.create(), ref=uid)
+            if self._create_fault.is_set():
+                self._create_fault.clear()
+                raise DriverError(f"injected fault: creating {spec.name!r} failed after the domain was defined")
+            # The last step: the create is complete, nothing of it is left over any more.
+            self._write_metadata(node, dom, uid, dict(spec.metadata), tuple(made))
         except BaseException as exc:
             # Nothing half-made: the domain and the disks it got go away together.
             self._undo_create(node, dom, made)
@@ -527,9 +583,18 @@ class LibvirtDriver(Driver):
         report(1.0, "created")
         return self._info(node, dom)
 
-    def _make_disk(self, node: _Node, uid: str, dev: str, disk: DiskSpec) -> mapping.DiskRecord:
+    def arm_create_fault(self) -> None:
+        """Make the next :meth:`create` fail once libvirt has defined (and, if asked, started)
+        the domain on its new disks: a testing seam for the endpoints' ``fail_next_create``
+        hook, since libvirt has no fault knob of its own. Everything after the fault is the
+        driver's real clean-up against the real peer."""
+        self._create_fault.set()
+
+    def _make_disk(self, node: _Node, uid: str, dev: str, disk: DiskSpec, token: str) -> mapping.DiskRecord:
+        """A new disk for instance ``uid``, named with the operation's token so that reap can
+        tell a file an interrupted create or attach left from one in use or in the making."""
         fmt = disk.format or self.default_disk_format or DiskFormat.QCOW2
-        path = node.store.create(f"vd-{uid}-{dev}", disk.size_gib, fmt, disk.thin)
+        path = node.store.create(f"{MADE_PREFIX}{uid}-{dev}-{token}", disk.size_gib, fmt, disk.thin)
         return mapping.DiskRecord(
             dev=dev, path=path, size_gib=disk.size_gib, format=fmt, thin=disk.thin, label=disk.label
         )
@@ -549,8 +614,36 @@ class LibvirtDriver(Driver):
 
     def destroy(self, instance_id: str) -> None:
         node, dom, record = self._managed(instance_id)
+        self._remove(node, dom, record)
+
+    def _snapshot_disks(self, node: _Node, dom: Any, uid: str) -> list[mapping.DiskRecord]:
+        """Disks the domain's snapshots refer to: a revert brings them back, so they are in use."""
+        snaps = node.session.call(lambda _c: dom.listAllSnapshots(0), ref=uid)
+        return [d for snap in snaps for d in mapping.snapshot_disks(self._snapshot_xml(node, snap))]
+
+    def _drop_unreferenced(self, node: _Node, dom: Any, uid: str, candidates: tuple[mapping.DiskRecord, ...]) -> None:
+        """Delete the disks among ``candidates`` that this driver made and that neither the
+        domain's definition nor any of its snapshots refers to any more (after a revert to a
+        snapshot older than the disk, or deleting the last snapshot that held it)."""
+        record = self._record(node, dom, fresh=True)
+        used = {d.path for d in record.disks} | {d.path for d in self._snapshot_disks(node, dom, uid)}
+        for disk in candidates:
+            if disk.owned and disk.path not in used:
+                try:
+                    node.store.delete(disk.path)
+                except DriverError:
+                    log.warning("could not remove disk %s no longer used by %s", disk.path, uid)
+
+    def _remove(self, node: _Node, dom: Any, record: mapping.DomainRecord) -> None:
+        """Stop and undefine a domain and delete the disks this driver made for it, including
+        those only its snapshots still refer to (undefine takes the snapshots along)."""
+        instance_id = record.uuid
+        owned = {d.path: d for d in (*record.disks, *self._snapshot_disks(node, dom, instance_id)) if d.owned}
+        record = dataclasses.replace(record, disks=tuple(owned.values()))
         if self._active(node, dom):
-            node.session.call(lambda _c: dom.destroy(), ref=instance_id)
+            # "domain is not running": QEMU died between the two calls. Stopped is what we want.
+            with contextlib.suppress(InvalidState):
+                node.session.call(lambda _c: dom.destroy(), ref=instance_id)
         node.session.call(lambda _c: dom.undefineFlags(_UNDEFINE_FLAGS), ref=instance_id)
         with self._lock:
             self._records.pop(instance_id, None)
@@ -706,14 +799,20 @@ class LibvirtDriver(Driver):
     def _set_disks(
         self, node: _Node, dom: Any, record: mapping.DomainRecord, disks: tuple[mapping.DiskRecord, ...]
     ) -> None:
+        self._write_metadata(node, dom, record.uuid, record.metadata, disks)
+
+    def _write_metadata(
+        self, node: _Node, dom: Any, uid: str, metadata: dict[str, str], disks: tuple[mapping.DiskRecord, ...]
+    ) -> None:
+        """Rewrite our metadata element (without a create token) in the live and persistent definition."""
         flags = _AFFECT_CONFIG | (_AFFECT_LIVE if self._active(node, dom) else 0)
-        meta = mapping.metadata_xml(record.metadata, disks)
+        meta = mapping.metadata_xml(metadata, disks)
         node.session.call(
             lambda _c: dom.setMetadata(_METADATA_ELEMENT, meta, mapping.PREFIX, mapping.NAMESPACE, flags),
-            ref=record.uuid,
+            ref=uid,
         )
         with self._lock:
-            self._records.pop(record.uuid, None)
+            self._records.pop(uid, None)
 
     def _redefine_disks(
         self, node: _Node, dom: Any, record: mapping.DomainRecord, disks: tuple[mapping.DiskRecord, ...]
@@ -726,10 +825,11 @@ class LibvirtDriver(Driver):
 
     def attach_disk(self, instance_id: str, disk: DiskSpec) -> DiskInfo:
         """Hot-plugs into a running guest (SCSI, no guest help needed); redefines a stopped one."""
+        self._check_disk(disk, "label")
         node, dom, record = self._managed(instance_id)
         record = self._record(node, dom, fresh=True)
         dev = mapping.next_disk_dev({d.dev for d in record.disks})
-        new = self._make_disk(node, instance_id, dev, disk)
+        new = self._make_disk(node, instance_id, dev, disk, CreateToken.new().encode())
         try:
             if self._active(node, dom):
                 flags = _AFFECT_CONFIG | _AFFECT_LIVE
@@ -763,6 +863,9 @@ class LibvirtDriver(Driver):
             self._redefine_disks(node, dom, record, left)
         if delete and disk.owned:
             node.store.delete(disk.path)
+        elif disk.owned:
+            # Kept on purpose: without its token's trail reap will never take it for a leftover.
+            node.store.settle(disk.path)
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -786,13 +889,17 @@ class LibvirtDriver(Driver):
         return str(node.session.call(lambda _c: snap.getXMLDesc(0)))
 
     def _snapshot(self, node: _Node, dom: Any, snapshot_id: str, record: mapping.DomainRecord) -> Any:
+        name = mapping.snapshot_name(record.uuid, snapshot_id)
+        if name is None:  # another instance's snapshot, or no snapshot id at all
+            raise NotFound(f"snapshot {snapshot_id!r} of {record.name!r} not found")
         try:
-            return node.session.call(lambda _c: dom.snapshotLookupByName(snapshot_id, 0))
+            return node.session.call(lambda _c: dom.snapshotLookupByName(name, 0))
         except NotFound:
             raise NotFound(f"snapshot {snapshot_id!r} of {record.name!r} not found") from None
 
     def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
         node, dom, record = self._managed(instance_id)
+        record = self._record(node, dom, fresh=True)
         snap = self._snapshot(node, dom, snapshot_id, record)
         parsed = mapping.parse_snapshot_xml(node.session.call(lambda _c: snap.getXMLDesc(0)))
         node.session.call(lambda _c: dom.revertToSnapshot(snap, 0), ref=instance_id)
@@ -801,12 +908,15 @@ class LibvirtDriver(Driver):
             node.session.call(lambda _c: dom.destroy(), ref=instance_id)
         with self._lock:
             self._records.pop(instance_id, None)
+        self._drop_unreferenced(node, dom, instance_id, record.disks)
         return self._info(node, dom)
 
     def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
         node, dom, record = self._managed(instance_id)
         snap = self._snapshot(node, dom, snapshot_id, record)
+        held = mapping.snapshot_disks(self._snapshot_xml(node, snap))
         node.session.call(lambda _c: snap.delete(0), ref=instance_id)
+        self._drop_unreferenced(node, dom, instance_id, held)
 
     # -- migration -------------------------------------------------------------------------------
 
@@ -859,6 +969,84 @@ class LibvirtDriver(Driver):
     ) -> InstanceInfo:
         """Offline migration: moves the definition; the disks must be where the peer sees them."""
         return self._migrate(instance_id, node, progress, (PowerState.SHUTDOWN,), _MIGRATE_OFFLINE)
+
+    # -- crash safety ------------------------------------------------------------------------------
+
+    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
+        """Domains whose create never completed, and disk files no domain refers to that an
+        interrupted create or attach made, when their operation is over (see virtdrivers.reaping).
+
+        Every node is searched; a disk any domain on any node refers to is never touched.
+        """
+        found: list[Leftover] = []
+        referenced: set[str] = set()
+        doomed: list[tuple[_Node, Any, mapping.DomainRecord]] = []
+        for node in list(self._nodes.values()):
+            for dom in node.session.call(lambda c: c.listAllDomains(0)):
+                try:
+                    record = self._record(node, dom, fresh=True)
+                except InstanceNotFound:
+                    continue
+                referenced.update(d.path for d in record.disks)
+                referenced.update(d.path for d in self._snapshot_disks(node, dom, record.uuid))
+                token = CreateToken.decode(record.create_token)
+                if not record.managed or token is None or not token.abandoned(grace_s):
+                    continue
+                found.append(
+                    Leftover(
+                        kind="instance",
+                        ref=record.uuid,
+                        name=record.name,
+                        node=node.name,
+                        token=record.create_token,
+                        reason="its create never completed and that create is over",
+                    )
+                )
+                doomed.append((node, dom, record))
+        seen: set[str] = set()
+        for node in list(self._nodes.values()):
+            for path in node.store.made():
+                # The token ends the name before the format's extension (a host name may hold dots).
+                token = CreateToken.decode(os.path.splitext(os.path.basename(path))[0])
+                if path in referenced or path in seen or token is None or not token.abandoned(grace_s):
+                    continue
+                seen.add(path)
+                found.append(
+                    Leftover(
+                        kind="disk",
+                        ref=path,
+                        node=node.name,
+                        token=token.encode(),
+                        reason="no instance refers to it and the create or attach that made it is over",
+                    )
+                )
+                if not dry_run:
+                    node.store.delete(path)
+        if not dry_run:
+            failed = [exc for node, dom, record in doomed if (exc := self._reap_one(node, dom, record))]
+            if failed:
+                raise failed[0]
+        return found
+
+    def _reap_one(self, node: _Node, dom: Any, record: mapping.DomainRecord) -> DriverError | None:
+        """Remove one leftover domain; the error, if it could not be, after the others had their turn.
+
+        A create killed while QEMU was starting leaves a guest whose monitor libvirt reconnects
+        to when the root is next opened; until that gives up, the domain's job lock is held and
+        calls fail with Timeout (libvirt waits 30 s for it). So a Timeout is tried again.
+        """
+        error: DriverError | None = None
+        for _ in range(3):
+            try:
+                self._remove(node, dom, record)
+                return None
+            except InstanceNotFound:
+                return None
+            except Timeout as exc:
+                error = exc
+            except DriverError as exc:
+                return exc
+        return error
 
     # -- existing VMs ------------------------------------------------------------------------------
 

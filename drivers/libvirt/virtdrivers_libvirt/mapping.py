@@ -13,7 +13,10 @@ restarts, migration and snapshots.
 from __future__ import annotations
 
 import datetime
+import os
+import re
 import string
+import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -50,6 +53,89 @@ _SUSPENDED_MIGRATED = 1
 ET.register_namespace(PREFIX, NAMESPACE)
 
 
+def _tostring(el: ET.Element) -> str:
+    """Serialise with every carriage return as a character reference.
+
+    ElementTree writes a CR in text as it is, and every XML parser (libvirt's included) turns
+    a literal CR or CR LF into LF, so a metadata value with CR LF line ends would come back with LF. A
+    literal CR in the output can only come from a value (markup has none), so escaping them
+    all is exact; libvirt keeps the reference and writes it back as one.
+    """
+    return ET.tostring(el, encoding="unicode").replace("\r", "&#13;")
+
+
+#: What XML 1.0 cannot hold at all, escaped or not (its Char production): most C0 controls,
+#: surrogates, U+FFFE and U+FFFF. Names, labels and metadata with them cannot be stored.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def unstorable(text: str) -> str | None:
+    """The first character of ``text`` that libvirt's XML cannot hold, or None."""
+    found = _NOT_XML.search(text)
+    return found.group() if found else None
+
+
+# -- names as the hypervisor's files see them ----------------------------------------------------
+
+#: A domain's name becomes file names (``etc/qemu/NAME.xml.new`` while libvirt saves a definition,
+#: ``NAME.log``, ``NAME.save``, a snapshot directory): NAME_MAX (255 bytes) less the longest suffix.
+MAX_NAME_BYTES = 255 - len(".xml.new")
+#: libvirt's VIR_DOMAIN_SHORT_NAME_MAX: the monitor socket's directory holds this many characters.
+SHORT_NAME_CHARS = 20
+#: sun_path holds 108 bytes with the terminating NUL.
+_SUN_PATH_MAX = 107
+#: ``domain-<id>-``: ids count starts since the daemon started; six digits is a million starts.
+_DOMAIN_DIR_PREFIX = len("/domain-") + len("999999-")
+_MONITOR = len("/monitor.sock")
+#: Where the home directory is unknown (``qemu:///session``, maybe on another host), assume a state
+#: directory this long: ``/home/<16-byte user>/.config/libvirt/qemu/lib``. Any 20 ASCII
+#: characters still fit; 31 bytes of short name do.
+_UNKNOWN_STATE_DIR = 48
+
+
+def _qemu_state_dir(uri: str) -> int | None:
+    """Length in bytes of the directory a QEMU driver makes per-domain sockets in, or None when
+    the URI is not QEMU's (the test driver makes no files)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.split("+", 1)[0] != "qemu":
+        return None
+    if parts.path == "/embed":
+        root = urllib.parse.parse_qs(parts.query).get("root", [""])[0]
+        return len(os.path.join(root, "lib", "qemu").encode()) if root else _UNKNOWN_STATE_DIR
+    if parts.path == "/system":
+        return len(b"/var/lib/libvirt/qemu")
+    return _UNKNOWN_STATE_DIR
+
+
+def name_problem(name: str, uri: str) -> str | None:
+    """Why a hypervisor behind ``uri`` cannot hold a domain named ``name``, or None.
+
+    Measured on QEMU (libvirt 9.0): a 64-emoji name fails to define ("File name too long"),
+    a 16-character Japanese name defines but fails to start (its monitor socket path is too
+    long for sun_path), and "." and ".." define but can never be undefined again. libvirt's
+    test driver keeps no files and takes all of these.
+    """
+    if unstorable(name):
+        return "the name holds a character XML cannot store"
+    if uri.startswith("test"):
+        return None
+    if name in (".", ".."):
+        return f"{name!r} cannot be a name: the hypervisor's files would be named after a directory"
+    size = len(name.encode())
+    if size > MAX_NAME_BYTES:
+        return f"the name is {size} bytes in UTF-8; the hypervisor's file names allow {MAX_NAME_BYTES}"
+    state_dir = _qemu_state_dir(uri)
+    if state_dir is not None:
+        budget = _SUN_PATH_MAX - state_dir - _DOMAIN_DIR_PREFIX - _MONITOR
+        short = len(name[:SHORT_NAME_CHARS].encode())
+        if short > budget:
+            return (
+                f"the name's first {SHORT_NAME_CHARS} characters are {short} bytes in UTF-8; QEMU's monitor socket"
+                f" path on this host leaves room for {budget}"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class DiskRecord:
     """One disk of a domain as this driver tracks it."""
@@ -78,6 +164,8 @@ class DomainRecord:
     disks: tuple[DiskRecord, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     managed: bool = False
+    create_token: str | None = None
+    """The operation token of the create that made it, until that create completes."""
 
     def info(self, power_state: PowerState, node: str | None) -> InstanceInfo:
         return InstanceInfo(
@@ -104,8 +192,13 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
     return el
 
 
-def _metadata_element(metadata: dict[str, str], disks: tuple[DiskRecord, ...], *, ns: str = _Q) -> ET.Element:
+def _metadata_element(
+    metadata: dict[str, str], disks: tuple[DiskRecord, ...], *, ns: str = _Q, create_token: str | None = None
+) -> ET.Element:
     root = ET.Element(f"{ns}instance", {"managed": "yes"})
+    if create_token is not None:
+        # The create that made this domain has not completed (see virtdrivers.reaping).
+        root.set("create", create_token)
     for key, value in metadata.items():
         _sub(root, f"{ns}meta", value, key=key)
     for d in disks:
@@ -128,7 +221,7 @@ def metadata_xml(metadata: dict[str, str], disks: tuple[DiskRecord, ...]) -> str
 
     Without a namespace: libvirt puts it into the namespace and prefix passed with the call.
     """
-    return ET.tostring(_metadata_element(metadata, disks, ns=""), encoding="unicode")
+    return _tostring(_metadata_element(metadata, disks, ns=""))
 
 
 def disk_element(disk: DiskRecord) -> ET.Element:
@@ -140,7 +233,7 @@ def disk_element(disk: DiskRecord) -> ET.Element:
 
 
 def disk_xml(disk: DiskRecord) -> str:
-    return ET.tostring(disk_element(disk), encoding="unicode")
+    return _tostring(disk_element(disk))
 
 
 def domain_xml(
@@ -155,6 +248,7 @@ def domain_xml(
     arch: str = "x86_64",
     machine: str | None = "pc",
     managed: bool = True,
+    create_token: str | None = None,
 ) -> str:
     """A persistent domain definition for ``virDomainDefineXML``.
 
@@ -168,7 +262,7 @@ def domain_xml(
     _sub(dom, "uuid", uuid)
     if managed:
         meta = _sub(dom, "metadata")
-        meta.append(_metadata_element(dict(metadata or {}), disks))
+        meta.append(_metadata_element(dict(metadata or {}), disks, create_token=create_token))
     _sub(dom, "memory", str(memory_mb), unit="MiB")
     _sub(dom, "vcpu", str(vcpus), placement="static")
     os_el = _sub(dom, "os")
@@ -190,7 +284,7 @@ def domain_xml(
         video = _sub(devices, "video")
         _sub(video, "model", type="none")
         _sub(devices, "memballoon", model="none")
-    return ET.tostring(dom, encoding="unicode")
+    return _tostring(dom)
 
 
 def _memory_mb(el: ET.Element | None) -> int:
@@ -258,6 +352,7 @@ def parse_domain_xml(xml: str) -> DomainRecord:
         disks=tuple(disks),
         metadata=metadata,
         managed=mine is not None and mine.get("managed") == "yes",
+        create_token=mine.get("create") if mine is not None else None,
     )
 
 
@@ -281,7 +376,7 @@ def resized_xml(xml: str, *, vcpus: int | None, memory_mb: int | None) -> str:
         max_mem = root.find("maxMemory")
         if max_mem is not None and _memory_mb(max_mem) < memory_mb:
             root.remove(max_mem)
-    return ET.tostring(root, encoding="unicode")
+    return _tostring(root)
 
 
 def redefined_disks_xml(xml: str, metadata: dict[str, str], disks: tuple[DiskRecord, ...]) -> str:
@@ -311,7 +406,7 @@ def redefined_disks_xml(xml: str, metadata: dict[str, str], disks: tuple[DiskRec
     for old in meta.findall(f"{_Q}instance"):
         meta.remove(old)
     meta.append(_metadata_element(metadata, disks))
-    return ET.tostring(root, encoding="unicode")
+    return _tostring(root)
 
 
 def next_disk_dev(used: set[str] | frozenset[str]) -> str:
@@ -334,7 +429,7 @@ def volume_xml(name: str, size_gib: int, fmt: DiskFormat, thin: bool) -> str:
     _sub(vol, "allocation", "0" if thin else str(size_gib), unit="GiB")
     target = _sub(vol, "target")
     _sub(target, "format", type=fmt.value)
-    return ET.tostring(vol, encoding="unicode")
+    return _tostring(vol)
 
 
 def qemu_img_create_args(path: str, size_gib: int, fmt: DiskFormat, thin: bool) -> list[str]:
@@ -352,9 +447,13 @@ def node_file_xml(
     cpus: int = 16,
     memory_mib: int = 65536,
     pets: tuple[tuple[str, str], ...] = (),
+    auth: tuple[str, str] | None = None,
 ) -> str:
     """A node file for libvirt's test driver: one host, an empty ``default`` dir pool, and
     ``pets`` (name, uuid): domains made "outside" virtdrivers, for adoption.
+
+    With ``auth`` (username, password) the test driver demands those credentials of every
+    ``open`` through the auth callback and refuses others, as a SASL-protected daemon would.
 
     Opening ``test:///<this file>`` gives every connection its own fresh copy of this host.
     """
@@ -371,6 +470,8 @@ def node_file_xml(
     ):
         _sub(cpu, tag, value)
     _sub(node, "memory", str(memory_mib * 1024))
+    if auth is not None:
+        _sub(_sub(node, "auth"), "user", auth[0], password=auth[1])
     for name, uid in pets:
         pet = domain_xml(uuid=uid, name=name, vcpus=1, memory_mb=128, domain_type="test", machine=None, managed=False)
         node.append(ET.fromstring(pet))
@@ -380,7 +481,7 @@ def node_file_xml(
     _sub(pool, "available", str(pool_capacity_gib), unit="GiB")
     target = _sub(pool, "target")
     _sub(target, "path", pool_path)
-    return ET.tostring(node, encoding="unicode")
+    return _tostring(node)
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -395,7 +496,7 @@ def snapshot_xml(name: str, *, with_memory: bool) -> str:
     _sub(snap, "name", name)
     if not with_memory:
         _sub(snap, "description", _DISK_ONLY_MARK)
-    return ET.tostring(snap, encoding="unicode")
+    return _tostring(snap)
 
 
 @dataclass(frozen=True)
@@ -406,12 +507,32 @@ class SnapshotRecord:
 
     def info(self, instance_id: str) -> SnapshotInfo:
         return SnapshotInfo(
-            id=self.name,
+            id=snapshot_id(instance_id, self.name),
             name=self.name,
             instance_id=instance_id,
             created_at=self.created_at,
             with_memory=self.with_memory,
         )
+
+
+def snapshot_id(instance_id: str, name: str) -> str:
+    """A snapshot's id: libvirt names snapshots per domain, so two instances can each have a
+    snapshot "base"; the id names the instance too, so it identifies exactly one snapshot."""
+    return f"{instance_id}:{name}"
+
+
+def snapshot_name(instance_id: str, snapshot_id: str) -> str | None:
+    """The libvirt name inside ``snapshot_id`` if that id belongs to this instance, else None."""
+    prefix = f"{instance_id}:"
+    return snapshot_id[len(prefix) :] if snapshot_id.startswith(prefix) else None
+
+
+def snapshot_disks(xml: str) -> tuple[DiskRecord, ...]:
+    """The disks of the domain definition a snapshot holds (what a revert brings back)."""
+    domain = ET.fromstring(xml).find("domain")
+    if domain is None:
+        return ()
+    return parse_domain_xml(ET.tostring(domain, encoding="unicode")).disks
 
 
 def parse_snapshot_xml(xml: str) -> SnapshotRecord:

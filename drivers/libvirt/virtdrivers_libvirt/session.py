@@ -187,6 +187,74 @@ class ChildReaper:
                     del first_seen[pid]
 
 
+class EmbedKeeper:
+    """One shared connection per embedded URI, kept open for the life of the process.
+
+    libvirt registers the embedded QEMU driver anew on every ``open`` of a ``qemu:///embed``
+    URI, and its driver table has room for about 16 registrations per process: the 17th open
+    failed with "Too many drivers, cannot register QEMU" (measured, libvirt 9.0), however many
+    connections were still open. So all sessions on an embedded URI share one connection
+    (libvirt connections are thread-safe), and drivers may come and go any number of times.
+    Closing it would give nothing back: libvirt keeps the root's lock (``run/qemu/driver.pid``)
+    until the process exits anyway, so one process at a time uses an embedded root.
+
+    libvirt-python also refuses a second lifecycle callback on one connection ("event callback
+    already tracked": it passes the same C callback and opaque each time), so the keeper
+    registers one and fans each event out to the sessions subscribed to that URI.
+    """
+
+    _lock = threading.Lock()
+    _held: dict[str, Any] = {}
+    #: Guards the subscribers only; taken on libvirt's event thread, never held across a call.
+    _subscribers_lock = threading.Lock()
+    _subscribers: dict[str, dict[int, Callable[..., None]]] = {}
+    _next_token = 0
+
+    @classmethod
+    def connection(cls, uri: str) -> Any:
+        """The shared connection to ``uri``, opened the first time; raises libvirtError."""
+        lv = _libvirt()
+        with cls._lock:
+            conn = cls._held.get(uri)
+            if conn is not None:
+                return conn
+            EventLoop.acquire()  # for good: the embedded driver does not even open without it
+            try:
+                conn = lv.open(uri)
+                conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, cls._fan_out, uri)
+            except BaseException:
+                EventLoop.release()
+                raise
+            cls._held[uri] = conn
+            return conn
+
+    @classmethod
+    def holds(cls, uri: str) -> bool:
+        """Whether this process has the embedded root of ``uri`` (and so no other process can)."""
+        with cls._lock:
+            return uri in cls._held
+
+    @classmethod
+    def subscribe(cls, uri: str, handler: Callable[..., None]) -> int:
+        """Call ``handler(conn, dom, event, detail, opaque)`` for each lifecycle event on ``uri``."""
+        with cls._subscribers_lock:
+            cls._next_token += 1
+            cls._subscribers.setdefault(uri, {})[cls._next_token] = handler
+            return cls._next_token
+
+    @classmethod
+    def unsubscribe(cls, uri: str, token: int) -> None:
+        with cls._subscribers_lock:
+            cls._subscribers.get(uri, {}).pop(token, None)
+
+    @classmethod
+    def _fan_out(cls, conn: object, dom: Any, event: int, detail: int, uri: str) -> None:
+        with cls._subscribers_lock:
+            handlers = list(cls._subscribers.get(uri, {}).values())
+        for handler in handlers:
+            handler(conn, dom, event, detail, None)  # Session._lifecycle logs its own failures
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 #: libvirt virErrorNumber -> the contract's error; one table, so a code can have only one meaning.
@@ -298,7 +366,10 @@ class Session:
     def _open_locked(self) -> libvirt.virConnect:
         lv = _libvirt()
         try:
-            if self._credentials is not None:
+            if self._embedded:
+                # No credentials: an in-process driver has no one to authenticate to.
+                conn = EmbedKeeper.connection(self.uri)
+            elif self._credentials is not None:
                 user, password = self._credentials
 
                 def answer(creds: list[list[Any]], _opaque: object) -> int:
@@ -316,24 +387,29 @@ class Session:
         except lv.libvirtError as exc:
             code = exc.get_error_code()
             message = redact(str(exc), self._secrets())
-            if _BY_CODE.get(code) is AuthenticationFailed:
-                raise AuthenticationFailed(f"libvirt refused the credentials for {self.uri}: {message}") from exc
-            raise BackendUnavailable(f"cannot connect to {self.uri}: {message}") from exc
-        # Refused by in-process drivers (test, embed), which cannot hang on a peer anyway.
-        with contextlib.suppress(lv.libvirtError):
-            conn.setKeepAlive(*self._keepalive)
-        with contextlib.suppress(lv.libvirtError):
-            conn.registerCloseCallback(self._closed_by_peer, None)
-        if self._on_lifecycle is not None:
+            # The test driver says "Missing authentication credentials" (invalid argument) when
+            # a password is demanded and none was given: that is a refusal too.
+            refused = _BY_CODE.get(code) is AuthenticationFailed or "authentication" in message.lower()
+            where = redact(self.uri)
+            if refused:
+                raise AuthenticationFailed(f"libvirt refused the credentials for {where}: {message}") from exc
+            raise BackendUnavailable(f"cannot connect to {where}: {message}") from exc
+        # Refused by in-process drivers (test, embed), which cannot hang on a peer anyway; and
+        # a shared embedded connection must not carry one session's close callback.
+        if not self._embedded:
+            with contextlib.suppress(lv.libvirtError):
+                conn.setKeepAlive(*self._keepalive)
+            with contextlib.suppress(lv.libvirtError):
+                conn.registerCloseCallback(self._closed_by_peer, None)
+        if self._on_lifecycle is not None and self._embedded:
+            self._callback_id = EmbedKeeper.subscribe(self.uri, self._lifecycle)
+        elif self._on_lifecycle is not None:
             try:
                 self._callback_id = conn.domainEventRegisterAny(
                     None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
                 )
             except lv.libvirtError as exc:  # the peer went away again at once
-                with contextlib.suppress(lv.libvirtError):
-                    conn.unregisterCloseCallback()
-                with contextlib.suppress(lv.libvirtError):
-                    conn.close()
+                self._let_go(conn, None)
                 message = redact(str(exc), self._secrets())
                 raise BackendUnavailable(f"lost {self.uri} while subscribing to events: {message}") from exc
         first = self.generation == 0
@@ -347,7 +423,6 @@ class Session:
 
     def close(self) -> None:
         """Close the connection and stop the reconnector. Idempotent."""
-        lv = _libvirt()
         with self._lock:
             if self._closed:
                 return
@@ -359,13 +434,7 @@ class Session:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         if conn is not None:
-            with contextlib.suppress(lv.libvirtError):
-                if self._callback_id is not None:
-                    conn.domainEventDeregisterAny(self._callback_id)
-            with contextlib.suppress(lv.libvirtError):
-                conn.unregisterCloseCallback()
-            with contextlib.suppress(lv.libvirtError):
-                conn.close()
+            self._let_go(conn, self._callback_id)
         self._callback_id = None
         if self._embedded:
             ChildReaper.release()
@@ -407,13 +476,25 @@ class Session:
 
     def _drop_locked(self) -> None:
         conn, self._conn = self._conn, None
-        self._callback_id = None
+        callback_id, self._callback_id = self._callback_id, None
         if conn is not None:
-            lv = _libvirt()
+            self._let_go(conn, callback_id)
+
+    def _let_go(self, conn: libvirt.virConnect, callback_id: int | None) -> None:
+        """Stop using a connection. A shared embedded one stays open for the other sessions:
+        only this session's event callback leaves it."""
+        lv = _libvirt()
+        if self._embedded:
+            if callback_id is not None:
+                EmbedKeeper.unsubscribe(self.uri, callback_id)
+            return
+        if callback_id is not None:
             with contextlib.suppress(lv.libvirtError):
-                conn.unregisterCloseCallback()
-            with contextlib.suppress(lv.libvirtError):
-                conn.close()
+                conn.domainEventDeregisterAny(callback_id)
+        with contextlib.suppress(lv.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(lv.libvirtError):
+            conn.close()
 
     # -- callbacks (event-loop thread) ---------------------------------------------------------
 

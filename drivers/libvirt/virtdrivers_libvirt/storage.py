@@ -15,8 +15,12 @@ from typing import Protocol
 
 from virtdrivers.capabilities import DiskFormat
 from virtdrivers.errors import DriverError, NotFound
+from virtdrivers.reaping import CreateToken
 from virtdrivers_libvirt import mapping
 from virtdrivers_libvirt.session import Session
+
+#: Every disk this driver makes is named ``vd-<instance uuid>-<dev>-<create token>``.
+MADE_PREFIX = "vd-"
 
 #: qemu-img on a thick multi-GiB disk is fast with fallocate; this is a guard, not a wait.
 QEMU_IMG_TIMEOUT = 120.0
@@ -31,6 +35,25 @@ class DiskStore(Protocol):
 
     def usage_gib(self) -> tuple[int, int]:
         """(total, used) GiB of the store."""
+
+    def made(self) -> list[str]:
+        """Paths of every disk in the store whose name says this driver made it (``vd-``)."""
+
+    def settle(self, path: str) -> str:
+        """Take the operation token out of a disk's name, so that reap never takes it for a
+        leftover (a disk detached and kept); returns its new path."""
+
+
+def settled_name(name: str) -> str:
+    """``vd-<uuid>-<dev>-<token>.<fmt>`` without the token's trail: ``vd-<uuid>-<dev>-<token id>.<fmt>``.
+
+    The token's own id keeps the name unique; what remains no longer parses as a token.
+    """
+    stem, ext = os.path.splitext(name)
+    token = CreateToken.decode(stem)
+    if token is None:
+        return name
+    return stem[: stem.index(token.encode())] + token.id + ext
 
 
 class PoolStore:
@@ -55,6 +78,37 @@ class PoolStore:
     def delete(self, path: str) -> None:
         with contextlib.suppress(NotFound):
             self._session.call(lambda conn: conn.storageVolLookupByPath(path).delete(0))
+
+    def settle(self, path: str) -> str:
+        """libvirt cannot rename a volume: copy it to the settled name, then delete the original."""
+        import xml.etree.ElementTree as ET
+
+        def move(conn: object) -> str:
+            vol = conn.storageVolLookupByPath(path)  # type: ignore[attr-defined]
+            new_name = settled_name(str(vol.name()))
+            if new_name == vol.name():
+                return path
+            root = ET.fromstring(vol.XMLDesc(0))
+            root.find("name").text = new_name  # type: ignore[union-attr]
+            for tag in ("key", "target/path"):
+                el = root.find(tag)
+                if el is not None:
+                    parent = root if "/" not in tag else root.find("target")
+                    parent.remove(el)  # type: ignore[union-attr]
+            copy = self._lookup(conn).createXMLFrom(ET.tostring(root, encoding="unicode"), vol, 0)  # type: ignore[attr-defined]
+            vol.delete(0)
+            return str(copy.path())
+
+        return self._session.call(move)
+
+    def made(self) -> list[str]:
+        def paths(conn: object) -> list[str]:
+            pool = self._lookup(conn)
+            with contextlib.suppress(Exception):  # a dir pool learns of files made meanwhile
+                pool.refresh(0)  # type: ignore[attr-defined]
+            return [str(v.path()) for v in pool.listAllVolumes(0) if v.name().startswith(MADE_PREFIX)]  # type: ignore[attr-defined]
+
+        return self._session.call(paths)
 
     def usage_gib(self) -> tuple[int, int]:
         _state, capacity, allocation, _available = self._session.call(lambda conn: self._lookup(conn).info())  # type: ignore[attr-defined]
@@ -93,6 +147,19 @@ class DirStore:
             raise NotFound(f"{path} is not in the disk directory {self._dir}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+    def settle(self, path: str) -> str:
+        new = os.path.join(os.path.dirname(path), settled_name(os.path.basename(path)))
+        if new != path:
+            os.rename(path, new)
+        return new
+
+    def made(self) -> list[str]:
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(self._dir, n) for n in sorted(names) if n.startswith(MADE_PREFIX)]
 
     def usage_gib(self) -> tuple[int, int]:
         os.makedirs(self._dir, exist_ok=True)
