@@ -44,6 +44,7 @@ AREAS: dict[str, str] = {
     "migration": "Migration",
     "cluster": "Cluster and HA",
     "events": "Events",
+    "workloads": "Workloads",
     "pets": "Existing VMs",
 }
 
@@ -76,6 +77,17 @@ class Capability(enum.StrEnum):
     ADOPT = "adopt"
     EVENTS = "events"
     REAP = "reap"
+    IMAGES = "images"
+    IMAGE_COW = "image_cow"
+    IMAGE_COPY = "image_copy"
+    IMAGE_UPLOAD = "image_upload"
+    NETWORKS = "networks"
+    NIC_HOTPLUG = "nic_hotplug"
+    USER_DATA = "user_data"
+    GUEST_ADDRESSES = "guest_addresses"
+    CONSOLE_OUTPUT = "console_output"
+    CONSOLE_CONNECT = "console_connect"
+    METRICS = "metrics"
     DISK_RAW = "disk_raw"
     DISK_QCOW2 = "disk_qcow2"
     DISK_VMDK = "disk_vmdk"
@@ -148,6 +160,33 @@ _INFO: dict[Capability, CapabilityInfo] = {
         "lifecycle",
         _V1_2,
         "Mark every create before its first backend change, and find and remove what a create killed midway left.",
+    ),
+    Capability.IMAGES: CapabilityInfo(
+        "workloads", _V1_2, "List bootable images and create instances whose root disk is made from one."
+    ),
+    Capability.IMAGE_COW: CapabilityInfo(
+        "workloads", _V1_2, "Make the root disk a copy-on-write child of the image; the image is never written."
+    ),
+    Capability.IMAGE_COPY: CapabilityInfo("workloads", _V1_2, "Make the root disk a full copy of the image."),
+    Capability.IMAGE_UPLOAD: CapabilityInfo(
+        "workloads", _V1_2, "Register a local image file in the backend's image store, and delete it."
+    ),
+    Capability.NETWORKS: CapabilityInfo(
+        "workloads", _V1_2, "List networks and create instances with NICs on them, keeping a given MAC."
+    ),
+    Capability.NIC_HOTPLUG: CapabilityInfo("workloads", _V1_2, "Attach and detach NICs on a running instance."),
+    Capability.USER_DATA: CapabilityInfo(
+        "workloads", _V1_2, "Hand cloud-init user data, hostname and network config to the guest at first boot."
+    ),
+    Capability.GUEST_ADDRESSES: CapabilityInfo(
+        "workloads", _V1_2, "Report the guest's addresses per NIC, with who reported them and when."
+    ),
+    Capability.CONSOLE_OUTPUT: CapabilityInfo("workloads", _V1_2, "Return the tail of the instance's serial console."),
+    Capability.CONSOLE_CONNECT: CapabilityInfo(
+        "workloads", _V1_2, "Give a connection to the instance's interactive console (URL or host and port, ticket)."
+    ),
+    Capability.METRICS: CapabilityInfo(
+        "workloads", _V1_2, "Report cumulative CPU, memory, disk and network counters with a timestamp."
     ),
     Capability.DISK_RAW: CapabilityInfo("formats", _V1_0, "Create disks in raw format."),
     Capability.DISK_QCOW2: CapabilityInfo("formats", _V1_0, "Create disks in qcow2 format."),

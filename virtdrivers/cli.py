@@ -484,10 +484,32 @@ def _find(driver: Driver, ref: str) -> Any:
 @click.option("--disk", "disks", multiple=True, help="SIZE_GIB[:FORMAT], repeatable.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata, repeatable.")
 @click.option("--stopped", is_flag=True, help="Do not start it.")
+@click.option("--image", help="Boot from this image (id or name, see 'virtdrivers images').")
+@click.option("--image-mode", type=click.Choice(["cow", "copy"]), help="Root disk as a copy-on-write child or a copy.")
+@click.option(
+    "--network",
+    "networks",
+    multiple=True,
+    metavar="NET[,mac=MAC][,model=MODEL]",
+    help="A NIC on this network (id or name), repeatable.",
+)
+@click.option("--user-data", "user_data", type=click.File("r"), help="cloud-init user data file ('-' for stdin).")
+@click.option("--hostname", help="The guest's host name (cloud-init meta-data local-hostname).")
 def vm_create(
-    name: str, vcpus: int, memory_mb: int, disks: tuple[str, ...], meta: tuple[str, ...], stopped: bool, **endpoint: Any
+    name: str,
+    vcpus: int,
+    memory_mb: int,
+    disks: tuple[str, ...],
+    meta: tuple[str, ...],
+    stopped: bool,
+    image: str | None,
+    image_mode: str | None,
+    networks: tuple[str, ...],
+    user_data: TextIO | None,
+    hostname: str | None,
+    **endpoint: Any,
 ) -> None:
-    """Create an instance."""
+    """Create an instance, blank or booting an image with NICs and user data."""
     from virtdrivers.objects import InstanceSpec
 
     disk_specs = []
@@ -495,12 +517,106 @@ def vm_create(
         size, _, fmt = d.partition(":")
         disk_specs.append({"size_gib": int(size) if size.isdigit() else size, **({"format": fmt} if fmt else {})})
     metadata = dict(m.partition("=")[::2] for m in meta)
+    nics = []
+    for n in networks:
+        net, *options = n.split(",")
+        nic: dict[str, str] = {"network": net}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("mac", "model"):
+                raise click.BadParameter(f"want NET[,mac=MAC][,model=MODEL], got {n!r}", param_hint="--network")
+            nic[key] = value
+        nics.append(nic)
+    cloud_init = None
+    if user_data is not None or hostname is not None:
+        cloud_init = {"user_data": user_data.read() if user_data else None, "hostname": hostname}
     spec = InstanceSpec(
-        name=name, vcpus=vcpus, memory_mb=memory_mb, disks=disk_specs, metadata=metadata, start=not stopped
+        name=name,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        disks=disk_specs,
+        metadata=metadata,
+        start=not stopped,
+        image=image,
+        image_mode=image_mode,
+        nics=nics,
+        user_data=cloud_init,
     )
     with _open_driver(**endpoint) as driver:
         info = driver.create(spec, progress=lambda f, msg: click.echo(f"  {f:4.0%} {msg}", err=True))
         click.echo(info.model_dump_json(indent=2))
+
+
+@vm.command("addresses")
+@_endpoint_options
+@click.argument("ref")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0, help="Seconds to wait for a first address.")
+@click.option("--json", "as_json", is_flag=True)
+def vm_addresses(ref: str, wait_s: float, as_json: bool, **endpoint: Any) -> None:
+    """The guest's addresses per NIC, and who reported them."""
+    with _open_driver(**endpoint) as driver:
+        instance_id = _find(driver, ref).id
+        deadline = time.monotonic() + wait_s
+        found = driver.guest_addresses(instance_id)
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = driver.guest_addresses(instance_id)
+    if as_json:
+        click.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        return
+    if not found:
+        click.echo(f"{ref}: no address reported yet", err=True)
+    for entry in found:
+        click.echo(f"{entry.mac}  {' '.join(entry.addresses) or '-'}  ({entry.source}, {entry.observed_at:%H:%M:%S})")
+
+
+@vm.command("console")
+@_endpoint_options
+@click.argument("ref")
+@click.option("--bytes", "max_bytes", type=click.IntRange(min=1), default=64 * 1024, show_default=True)
+def vm_console(ref: str, max_bytes: int, **endpoint: Any) -> None:
+    """The tail of the instance's serial console."""
+    with _open_driver(**endpoint) as driver:
+        click.echo(driver.console_output(_find(driver, ref).id, max_bytes=max_bytes), nl=False)
+
+
+@vm.command("metrics")
+@_endpoint_options
+@click.argument("ref")
+def vm_metrics(ref: str, **endpoint: Any) -> None:
+    """Cumulative CPU, memory, disk and network counters (JSON); two readings give rates."""
+    with _open_driver(**endpoint) as driver:
+        click.echo(driver.instance_metrics(_find(driver, ref).id).model_dump_json(indent=2))
+
+
+@main.command()
+@_endpoint_options
+@click.option("--json", "as_json", is_flag=True)
+def images(as_json: bool, **endpoint: Any) -> None:
+    """Images instances can boot from."""
+    with _open_driver(**endpoint) as driver:
+        found = driver.list_images()
+    if as_json:
+        click.echo(json.dumps([i.model_dump(mode="json") for i in found], indent=2))
+        return
+    for image in found:
+        size = f"{image.virtual_size_bytes / 1024**3:.1f} GiB"
+        fmt = image.disk_format.value if image.disk_format else "-"
+        click.echo(f"{image.id}  {image.name}  {fmt}  {size}  {image.os_distro or image.os_type or ''}".rstrip())
+
+
+@main.command()
+@_endpoint_options
+@click.option("--json", "as_json", is_flag=True)
+def networks(as_json: bool, **endpoint: Any) -> None:
+    """Networks NICs can be put on."""
+    with _open_driver(**endpoint) as driver:
+        found = driver.list_networks()
+    if as_json:
+        click.echo(json.dumps([n.model_dump(mode="json") for n in found], indent=2))
+        return
+    for net in found:
+        click.echo(f"{net.id}  {net.name}  {net.kind}".rstrip())
 
 
 def _power_command(name: str, help_text: str, action: Callable[[Driver, str], Any]) -> None:

@@ -31,15 +31,23 @@ from virtdrivers.errors import InstanceNotFound, InvalidSpec, NotSupported
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
+    ConsoleConnection,
     DiskInfo,
     DiskSpec,
+    GuestAddress,
     HAPriority,
     HAState,
     HostResources,
+    Image,
+    ImageMode,
     InstanceInfo,
+    InstanceMetrics,
     InstanceSpec,
     Leftover,
     LifecycleEvent,
+    Network,
+    NicInfo,
+    NicSpec,
     NodeInfo,
     SnapshotInfo,
 )
@@ -114,7 +122,18 @@ def _formats_needed(disks: Sequence[DiskSpec], default: DiskFormat | None) -> se
 def _needs_create(self: Driver, args: dict[str, Any]) -> set[Capability]:
     spec = args["spec"]
     self.check_name(spec.name)
-    return _formats_needed(spec.disks, self.default_disk_format)
+    needed = _formats_needed(spec.disks, self.default_disk_format)
+    if spec.image is not None:
+        needed.add(Capability.IMAGES)
+        if spec.image_mode == ImageMode.COPY:
+            needed.add(Capability.IMAGE_COPY)
+        elif spec.image_mode == ImageMode.COW or Capability.IMAGE_COPY not in self.capabilities:
+            needed.add(Capability.IMAGE_COW)  # unasked, copy-on-write where the backend can
+    if spec.nics:
+        needed.add(Capability.NETWORKS)
+    if spec.user_data is not None:
+        needed.add(Capability.USER_DATA)
+    return needed
 
 
 def _needs_attach(self: Driver, args: dict[str, Any]) -> set[Capability]:
@@ -174,10 +193,20 @@ _GUARDS: dict[str, Callable[[Driver, dict[str, Any]], set[Capability]]] = {
     "adopt": _fixed(Capability.ADOPT),
     "subscribe": _fixed(Capability.EVENTS),
     "reap": _fixed(Capability.REAP),
+    "list_images": _fixed(Capability.IMAGES),
+    "register_image": _fixed(Capability.IMAGE_UPLOAD),
+    "delete_image": _fixed(Capability.IMAGE_UPLOAD),
+    "list_networks": _fixed(Capability.NETWORKS),
+    "attach_nic": _fixed(Capability.NIC_HOTPLUG),
+    "detach_nic": _fixed(Capability.NIC_HOTPLUG),
+    "guest_addresses": _fixed(Capability.GUEST_ADDRESSES),
+    "console_output": _fixed(Capability.CONSOLE_OUTPUT),
+    "console_connection": _fixed(Capability.CONSOLE_CONNECT),
+    "instance_metrics": _fixed(Capability.METRICS),
 }
 
 #: Arguments validated into contract objects before any guard or backend call.
-_COERCE: dict[str, type[Any]] = {"spec": InstanceSpec, "disk": DiskSpec}
+_COERCE: dict[str, type[Any]] = {"spec": InstanceSpec, "disk": DiskSpec, "nic": NicSpec}
 
 
 def _guarded(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -481,3 +510,45 @@ class Driver(ABC):
         Returns what was found (and removed).
         """
         raise self._unsupported("reap", Capability.REAP)
+
+    # -- workloads (contract 1.2) -------------------------------------------------------------
+
+    def list_images(self) -> list[Image]:
+        """Images instances can boot from (IMAGES)."""
+        raise self._unsupported("list_images", Capability.IMAGES)
+
+    def register_image(self, path: str, name: str, *, disk_format: DiskFormat | None = None) -> Image:
+        """Copy a local image file into the backend's image store (IMAGE_UPLOAD)."""
+        raise self._unsupported("register_image", Capability.IMAGE_UPLOAD)
+
+    def delete_image(self, image_id: str) -> None:
+        """Remove an image; Conflict while an instance's disk still depends on it (IMAGE_UPLOAD)."""
+        raise self._unsupported("delete_image", Capability.IMAGE_UPLOAD)
+
+    def list_networks(self) -> list[Network]:
+        """Networks NICs can be put on (NETWORKS)."""
+        raise self._unsupported("list_networks", Capability.NETWORKS)
+
+    def attach_nic(self, instance_id: str, nic: NicSpec) -> NicInfo:
+        """Add a NIC to a running instance (NIC_HOTPLUG)."""
+        raise self._unsupported("attach_nic", Capability.NIC_HOTPLUG)
+
+    def detach_nic(self, instance_id: str, nic_id: str) -> None:
+        """Remove a NIC from a running instance (NIC_HOTPLUG)."""
+        raise self._unsupported("detach_nic", Capability.NIC_HOTPLUG)
+
+    def guest_addresses(self, instance_id: str) -> list[GuestAddress]:
+        """The guest's addresses per NIC (GUEST_ADDRESSES). Empty means "not reported yet", not an error."""
+        raise self._unsupported("guest_addresses", Capability.GUEST_ADDRESSES)
+
+    def console_output(self, instance_id: str, *, max_bytes: int = 64 * 1024) -> str:
+        """The last ``max_bytes`` of the serial console, decoded leniently (CONSOLE_OUTPUT)."""
+        raise self._unsupported("console_output", Capability.CONSOLE_OUTPUT)
+
+    def console_connection(self, instance_id: str) -> ConsoleConnection:
+        """How to reach the interactive console of a running instance (CONSOLE_CONNECT)."""
+        raise self._unsupported("console_connection", Capability.CONSOLE_CONNECT)
+
+    def instance_metrics(self, instance_id: str) -> InstanceMetrics:
+        """Cumulative counters now; two readings give rates (METRICS)."""
+        raise self._unsupported("instance_metrics", Capability.METRICS)

@@ -39,19 +39,28 @@ from virtdrivers.errors import (
     InvalidState,
     NotFound,
 )
+from virtdrivers.fake.workloads import NETWORKS, Guest, Nic, read_image_file, root_disk_gib, seed_images
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
+    ConsoleConnection,
     DiskInfo,
     DiskSpec,
     EventType,
+    GuestAddress,
     HAPriority,
     HAState,
     HostResources,
+    Image,
+    ImageMode,
     InstanceInfo,
+    InstanceMetrics,
     InstanceSpec,
     Leftover,
     LifecycleEvent,
+    Network,
+    NicInfo,
+    NicSpec,
     NodeInfo,
     PowerState,
     SnapshotInfo,
@@ -73,6 +82,8 @@ class FakeSettings(DriverSettings):
     password: SecretStr | None = None
     """When set, the shared backend it names demands this password of every driver that
     connects to it (the first to connect sets it), so secret handling has something to hide."""
+    guest_boot_delay_s: float = Field(default=0.2, ge=0, le=600)
+    """Seconds a simulated guest takes after it starts before it reports its addresses."""
     state_file: str | None = Field(default=None, max_length=4096)
     """JSON file holding the whole hypervisor, shared by every process that names it.
 
@@ -122,6 +133,13 @@ class _Instance:
     acpi_deaf: bool = False
     #: The operation token of the create that made it, until that create completes.
     create_token: str | None = None
+    #: The image its root disk was made from, and whether as a copy-on-write child.
+    image_id: str | None = None
+    image_cow: bool = False
+    nics: list[Nic] = field(default_factory=list)
+    user_data: str | None = None
+    hostname: str | None = None
+    guest: Guest = field(default_factory=Guest)
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -135,11 +153,15 @@ class _Instance:
             disks=tuple(d.info() for d in self.disks),
             metadata=dict(self.metadata),
             managed=self.managed,
+            image=self.image_id,
+            nics=tuple(n.info() for n in self.nics),
         )
 
     def image(self) -> _Instance:
         """A deep enough copy for a snapshot: disks and settings, not the snapshot tree."""
-        return replace(self, disks=[replace(d) for d in self.disks], metadata=dict(self.metadata), snapshots={})
+        return replace(
+            self, disks=[replace(d) for d in self.disks], metadata=dict(self.metadata), snapshots={}, guest=Guest()
+        )
 
 
 def _disk_to_json(d: _Disk) -> dict[str, Any]:
@@ -165,6 +187,12 @@ def _instance_to_json(inst: _Instance) -> dict[str, Any]:
         "ha_priority": inst.ha_priority.value,
         "acpi_deaf": inst.acpi_deaf,
         "create_token": inst.create_token,
+        "image": inst.image_id,
+        "image_cow": inst.image_cow,
+        "nics": [n.to_json() for n in inst.nics],
+        "user_data": inst.user_data,
+        "hostname": inst.hostname,
+        "guest": inst.guest.to_json(),
         "snapshots": [
             {
                 "id": s.id,
@@ -204,6 +232,12 @@ def _instance_from_json(d: dict[str, Any]) -> _Instance:
         snapshots=snapshots,
         acpi_deaf=d.get("acpi_deaf", False),
         create_token=d.get("create_token"),
+        image_id=d.get("image"),
+        image_cow=d.get("image_cow", False),
+        nics=[Nic.from_json(n) for n in d.get("nics", [])],
+        user_data=d.get("user_data"),
+        hostname=d.get("hostname"),
+        guest=Guest.from_json(d.get("guest")),
     )
 
 
@@ -261,12 +295,15 @@ class _FileLock:
         except FileNotFoundError:
             return  # first user: the freshly seeded in-memory state becomes the file's
         self._backend.nodes = {str(k): bool(v) for k, v in data["nodes"].items()}
+        if "images" in data:
+            self._backend.images = {i["id"]: Image.model_validate(i) for i in data["images"]}
         self._backend.instances = {i["id"]: _instance_from_json(i) for i in data["instances"]}
 
     def _save(self) -> None:
         data = {
             "nodes": self._backend.nodes,
             "instances": [_instance_to_json(i) for i in self._backend.instances.values()],
+            "images": [i.model_dump(mode="json") for i in self._backend.images.values()],
         }
         tmp = f"{self._path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -285,6 +322,7 @@ class _Backend:
         self.settings = settings
         self.password = settings.password.get_secret_value() if settings.password else None
         self.instances: dict[str, _Instance] = {}
+        self.images: dict[str, Image] = seed_images()
         self.subscribers: dict[int, EventCallback] = {}
         self._sub_ids = itertools.count(1)
         self._events: queue.SimpleQueue[LifecycleEvent | None] = queue.SimpleQueue()
@@ -445,7 +483,21 @@ class FakeDriver(Driver):
             wanted = " or ".join(s.value for s in states)
             raise InvalidState(f"instance {inst.name!r} is {inst.power_state.value}, needs {wanted}")
 
+    def _guest_follows(self, inst: _Instance, state: PowerState) -> None:
+        """The simulated guest boots, freezes, thaws or halts as its instance changes state."""
+        old = inst.power_state
+        if state == PowerState.RUNNING and old in (PowerState.PAUSED, PowerState.SUSPENDED):
+            inst.guest.thaw()
+        elif state == PowerState.RUNNING:
+            inst.guest.halt()  # a reboot: the old boot ends first
+            inst.guest.boot(inst.user_data, inst.hostname or inst.name)
+        elif state in (PowerState.PAUSED, PowerState.SUSPENDED):
+            inst.guest.freeze()
+        else:
+            inst.guest.halt()
+
     def _set_power(self, inst: _Instance, state: PowerState, event: EventType) -> InstanceInfo:
+        self._guest_follows(inst, state)
         inst.power_state = state
         self._b.emit(inst, event)
         return inst.info()
@@ -497,6 +549,8 @@ class FakeDriver(Driver):
             if any(i.name == spec.name for i in self._b.instances.values()):
                 raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
             node = self._node(spec.node) if spec.node else self._least_loaded()
+            image = self._image(spec.image, "image") if spec.image is not None else None
+            nics = [self._new_nic(nic, f"nics.{n}") for n, nic in enumerate(spec.nics)]
             inst = _Instance(
                 id=str(uuid.uuid4()),
                 name=spec.name,
@@ -505,7 +559,17 @@ class FakeDriver(Driver):
                 node=node,
                 metadata=dict(spec.metadata),
                 create_token=CreateToken.new().encode(),  # before the first change: a crash leaves a trail
+                nics=nics,
+                user_data=spec.user_data.user_data if spec.user_data else None,
+                hostname=spec.user_data.hostname if spec.user_data else None,
             )
+            if image is not None:
+                inst.image_id = image.id
+                inst.image_cow = spec.image_mode == ImageMode.COW or (
+                    spec.image_mode is None and Capability.IMAGE_COW in self.capabilities
+                )
+                fmt = DiskFormat.QCOW2 if inst.image_cow else image.disk_format or DiskFormat.RAW
+                inst.disks.append(_Disk(str(uuid.uuid4()), root_disk_gib(image), fmt, True, "root"))
             self._b.instances[inst.id] = inst
             try:
                 for n, disk in enumerate(spec.disks):
@@ -523,6 +587,28 @@ class FakeDriver(Driver):
                 raise
             report(1.0, "created")
             return inst.info()
+
+    def _image(self, ref: str, field: str) -> Image:
+        for image in self._b.images.values():
+            if ref in (image.id, image.name):
+                return image
+        raise InvalidSpec(f"no image {ref!r}", field=field)
+
+    def _network(self, ref: str, field: str) -> Network:
+        for net in NETWORKS:
+            if ref in (net.id, net.name):
+                return net
+        raise InvalidSpec(f"no network {ref!r}", field=field)
+
+    def _new_nic(self, nic: NicSpec, field: str) -> Nic:
+        net = self._network(nic.network, f"{field}.network")
+        used = {n.mac for i in self._b.instances.values() for n in i.nics}
+        if nic.mac is not None and nic.mac in used:
+            raise InvalidSpec(f"MAC {nic.mac} is in use by another NIC", field=f"{field}.mac")
+        mac = nic.mac
+        while mac is None or mac in used:
+            mac = "52:54:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:3])
+        return Nic(str(uuid.uuid4()), net.id, mac, nic.model or "virtio")
 
     def _new_disk(self, disk: DiskSpec) -> _Disk:
         fmt = disk.format or self.default_disk_format or DiskFormat.QCOW2
@@ -689,7 +775,9 @@ class FakeDriver(Driver):
             inst.disks = [replace(d) for d in image.disks]
             snap = inst.snapshots[snapshot_id]
             # A disk-only snapshot comes back powered off, a memory snapshot as it was.
-            inst.power_state = image.power_state if snap.with_memory else PowerState.SHUTDOWN
+            state = image.power_state if snap.with_memory else PowerState.SHUTDOWN
+            self._guest_follows(inst, state)
+            inst.power_state = state
             return inst.info()
 
     def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
@@ -743,6 +831,7 @@ class FakeDriver(Driver):
             if self._b.nodes.get(inst.node) and inst.power_state != PowerState.SHUTDOWN:
                 raise InvalidState(f"node {inst.node!r} is up and {inst.name!r} is running: migrate it instead")
             inst, target = self._move(instance_id, node, progress, *PowerState)
+            self._guest_follows(inst, PowerState.SHUTDOWN)
             inst.node, inst.power_state = target, PowerState.SHUTDOWN
             self._b.emit(inst, EventType.MIGRATED)
             return inst.info()
@@ -834,3 +923,78 @@ class FakeDriver(Driver):
         sub = Subscription(unsubscribe)
         self._subscriptions.add(sub)
         return sub
+
+    # -- workloads --------------------------------------------------------------------------------
+
+    def list_images(self) -> list[Image]:
+        with self._b.lock:
+            return list(self._b.images.values())
+
+    def register_image(self, path: str, name: str, *, disk_format: DiskFormat | None = None) -> Image:
+        with self._b.lock:
+            if any(i.name == name for i in self._b.images.values()):
+                raise InvalidSpec(f"an image named {name!r} exists already", field="name")
+            image = read_image_file(path, name, disk_format, f"img-{uuid.uuid4()}")
+            self._b.images[image.id] = image
+            return image
+
+    def delete_image(self, image_id: str) -> None:
+        with self._b.lock:
+            image = self._b.images.get(image_id)
+            if image is None:
+                raise NotFound(f"image {image_id!r} not found")
+            users = [i.name for i in self._b.instances.values() if i.image_id == image_id and i.image_cow]
+            if users:
+                raise Conflict(f"image {image.name!r} backs the disks of {', '.join(sorted(users))}")
+            del self._b.images[image_id]
+
+    def list_networks(self) -> list[Network]:
+        return list(NETWORKS)
+
+    def attach_nic(self, instance_id: str, nic: NicSpec) -> NicInfo:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            if len(inst.nics) >= 8:
+                raise Conflict(f"instance {inst.name!r} has no free NIC slot")
+            new = self._new_nic(nic, "nic")
+            inst.nics.append(new)
+            return new.info()
+
+    def detach_nic(self, instance_id: str, nic_id: str) -> None:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            for nic in inst.nics:
+                if nic.id == nic_id:
+                    inst.nics.remove(nic)
+                    return
+            raise NotFound(f"NIC {nic_id!r} not attached to {inst.name!r}")
+
+    def guest_addresses(self, instance_id: str) -> list[GuestAddress]:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            return inst.guest.addresses(inst.nics, self.settings.guest_boot_delay_s)
+
+    def console_output(self, instance_id: str, *, max_bytes: int = 64 * 1024) -> str:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise InvalidSpec("must be a positive number of bytes", field="max_bytes")
+        with self._b.lock:
+            text = "".join(line + "\n" for line in self._get(instance_id).guest.console)
+        return text.encode()[-max_bytes:].decode(errors="replace")
+
+    def console_connection(self, instance_id: str) -> ConsoleConnection:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            self._require(inst, PowerState.RUNNING, PowerState.PAUSED)
+            port = 5900 + list(self._b.instances).index(inst.id) % 1000
+            return ConsoleConnection(
+                kind="vnc",
+                host="127.0.0.1",
+                port=port,
+                ticket=SecretStr(uuid.uuid4().hex),
+                expires_at=datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5),
+            )
+
+    def instance_metrics(self, instance_id: str) -> InstanceMetrics:
+        with self._b.lock:
+            inst = self._get(instance_id)
+            return inst.guest.metrics(inst.id, inst.vcpus, inst.memory_mb, len(inst.disks), len(inst.nics))

@@ -44,9 +44,10 @@ class TransferMethod(enum.StrEnum):
 class MigrationSpec(VersionedObject):
     """What was asked for. Written once at start; never changes."""
 
-    VERSION = "1.2"
+    VERSION = "1.3"
     FIELD_SINCE = {"allow_cold_fallback": "1.1", "last_known": "1.2"}
-    CHILD_VERSIONS = {"last_known": [("1.2", "1.1")]}
+    #: 1.3 carries the instance as contract 1.2 describes it (with its image and NICs).
+    CHILD_VERSIONS = {"last_known": [("1.3", "1.2"), ("1.2", "1.1")]}
 
     kind: MigrationKind
     instance_id: str = Field(min_length=1, max_length=255)
@@ -68,8 +69,9 @@ class MigrationSpec(VersionedObject):
 class MigrationPlan(VersionedObject):
     """What precheck decided, so every later step (and every resuming orchestrator) does the same."""
 
-    VERSION = "1.0"
-    CHILD_VERSIONS = {"source": [("1.0", "1.1")]}
+    VERSION = "1.1"
+    #: 1.1 carries the source as contract 1.2 describes it (with its image and NICs).
+    CHILD_VERSIONS = {"source": [("1.1", "1.2"), ("1.0", "1.1")]}
 
     source: InstanceInfo
     """The instance as it was before anything was touched: what a revert restores."""

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field
 
 from virtdrivers.capabilities import DiskFormat
 from virtdrivers.objects.base import VersionedObject
+from virtdrivers.objects.workloads import MAX_NICS, ImageMode, NicInfo, NicSpec, UserData
 
 __all__ = [
     "Aggregate",
@@ -116,12 +117,19 @@ class DiskSpec(VersionedObject):
     label: Label | None = None
 
 
+def _distinct_macs(nics: tuple[NicSpec, ...]) -> tuple[NicSpec, ...]:
+    macs = [n.mac for n in nics if n.mac]
+    if len(macs) != len(set(macs)):
+        raise ValueError("two NICs ask for the same MAC address")
+    return nics
+
+
 class InstanceSpec(VersionedObject):
     """Everything needed to create an instance."""
 
-    VERSION = "1.1"
-    FIELD_SINCE = {"node": "1.1"}
-    CHILD_VERSIONS = {"disks": [("1.0", "1.0")]}
+    VERSION = "1.2"
+    FIELD_SINCE = {"node": "1.1", "image": "1.2", "image_mode": "1.2", "nics": "1.2", "user_data": "1.2"}
+    CHILD_VERSIONS = {"disks": [("1.0", "1.0")], "nics": [("1.2", "1.0")], "user_data": [("1.2", "1.0")]}
 
     name: Name
     vcpus: int = Field(ge=1, le=MAX_VCPUS)
@@ -132,6 +140,12 @@ class InstanceSpec(VersionedObject):
     """Power the instance on once it is created, as a compute agent's spawn does."""
     node: Name | None = None
     """Where to place it; None lets the backend (or its scheduler) choose."""
+    image: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    """An image id or name from ``list_images``: the root disk is made from it, ahead of ``disks``."""
+    image_mode: ImageMode | None = None
+    """Copy-on-write child or full copy of the image; None takes copy-on-write where the backend can."""
+    nics: Annotated[tuple[NicSpec, ...], Field(max_length=MAX_NICS), AfterValidator(_distinct_macs)] = ()
+    user_data: UserData | None = None
 
     @classmethod
     def from_flavor(cls, flavor: Flavor, name: str, **kwargs: object) -> InstanceSpec:
@@ -151,9 +165,9 @@ class DiskInfo(VersionedObject):
 class InstanceInfo(VersionedObject):
     """What a driver reports about one instance."""
 
-    VERSION = "1.1"
-    FIELD_SINCE = {"managed": "1.1", "host": "1.1"}
-    CHILD_VERSIONS = {"disks": [("1.0", "1.0")]}
+    VERSION = "1.2"
+    FIELD_SINCE = {"managed": "1.1", "host": "1.1", "image": "1.2", "nics": "1.2"}
+    CHILD_VERSIONS = {"disks": [("1.0", "1.0")], "nics": [("1.2", "1.0")]}
 
     id: str
     name: str
@@ -168,6 +182,9 @@ class InstanceInfo(VersionedObject):
     metadata: dict[str, str] = Field(default_factory=dict)
     managed: bool = True
     """False for an instance created outside virtdrivers and not yet adopted."""
+    image: str | None = None
+    """The id of the image its root disk was made from, where the backend remembers it."""
+    nics: tuple[NicInfo, ...] = ()
 
 
 class SnapshotInfo(VersionedObject):

@@ -19,6 +19,7 @@ from virtdrivers_conformance.suite.tests import (
     TestSnapshots,
     TestStorage,
     TestUnknownInstances,
+    TestWorkloads,
 )
 
 __all__ = ["PROBED_KEY", "ConformanceSuite", "DriverFixtures", "feature", "unique_name"]
@@ -39,5 +40,6 @@ class ConformanceSuite(
     TestSecrets,
     TestReap,
     TestHostileInput,
+    TestWorkloads,
 ):
     """Every conformance test. Subclass it as ``TestYourDriver`` and override the ``driver`` fixture."""
