@@ -1,7 +1,7 @@
 """Creates killed at random points leave nothing that ``reap`` does not remove, on every backend.
 
 Each backend runs on an embedded endpoint whose state outlives the agent: a
-simulator process, vcsim, an embedded QEMU root on disk, the fake's state file.
+simulator process, vcsim, libvirtd daemons running QEMU, the fake's state file.
 A child process creates instances in a loop and is SIGKILLed after a random
 delay within about two create durations; then a fresh driver counts what the
 kills left (listed instances whose create never finished, what ``reap`` finds),
@@ -23,7 +23,7 @@ from virtdrivers import Capability
 from virtdrivers_conformance.crash import kill_trials
 
 #: driver -> embedded endpoint whose peer outlives the killed agent (None: the fake with a state file).
-TARGETS = {"fake": None, "libvirt": "qemu", "vmware": "vcsim", "hyperv": "https-basic", "ovirt": "simulator"}
+TARGETS = {"fake": None, "libvirt": "qemu-pair", "vmware": "vcsim", "hyperv": "https-basic", "ovirt": "simulator"}
 TRIALS = int(os.environ.get("VD_KILL_TRIALS", "8"))
 
 

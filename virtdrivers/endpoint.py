@@ -117,3 +117,6 @@ class EmbeddedEndpoint:
     #: Whether the peer checks the secret-bearing setting, so a wrong one must be refused.
     #: False only for a local peer with nothing to authenticate (an in-process hypervisor).
     authenticates: bool = True
+    #: Seconds a guest on this peer may take from its start until it has read its user data and
+    #: reported its addresses: minutes for a real OS under emulation, a blink for a simulated one.
+    guest_boot_timeout: float = 180.0

@@ -108,17 +108,20 @@ def _read_line(proc: subprocess.Popen[str], deadline: float) -> str | None:
 
 
 def _spawn(name: str, settings_path: Path, prefix: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, name, str(settings_path), prefix],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    errors = settings_path.with_name(f"{prefix}stderr")
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, name, str(settings_path), prefix],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     line = _read_line(proc, time.monotonic() + 120)
     if line is None or not line.startswith("ready "):
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"the create child for {name!r} did not connect and create (got {line!r})")
+        tail = errors.read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"the create child for {name!r} did not connect and create (got {line!r}): {tail}")
     proc.warm_id = line.split()[1]  # type: ignore[attr-defined]
     return proc
 

@@ -256,6 +256,7 @@ class ConformanceSession:
         #: The embedded endpoint's fault hooks (None for configured settings), for the suite's fixtures.
         self.hooks: EndpointHooks | None = None
         self.authenticates = True
+        self.guest_boot_timeout = 180.0
         self.secrets: set[str] = set()
         self.evidence: str = config.getoption("vd_evidence") or Evidence.REAL.value
         self.endpoint_backend: tuple[str | None, str | None] = (None, None)
@@ -305,6 +306,7 @@ class ConformanceSession:
             unavailable = endpoint.unavailable
             self.hooks = endpoint.hooks
             self.authenticates = endpoint.authenticates
+            self.guest_boot_timeout = endpoint.guest_boot_timeout
             self.settings = dict(self.stack.enter_context(endpoint.start()))
             self.secrets.update(_secret_values(self.settings, secret_setting_names(self.cls, self.settings)))
         else:

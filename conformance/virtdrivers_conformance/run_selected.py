@@ -27,5 +27,8 @@ class TestSelectedDriver(ConformanceSuite):
         """The embedded endpoint's fault hooks with the settings it yielded; none for configured settings."""
         session = request.config.stash[SESSION_KEY]
         return EndpointUnderTest(
-            hooks=session.hooks or EndpointHooks(), settings=dict(session.settings), authenticates=session.authenticates
+            hooks=session.hooks or EndpointHooks(),
+            settings=dict(session.settings),
+            authenticates=session.authenticates,
+            guest_boot_timeout=session.guest_boot_timeout,
         )

@@ -428,6 +428,7 @@ class FakeDriver(Driver):
                 "in-process memory backend: 3 nodes, 2 unmanaged instances",
                 _memory_endpoint,
                 evidence=Evidence.IN_MEMORY,
+                guest_boot_timeout=10.0,  # its simulated guests "boot" in guest_boot_delay_s
                 hooks=EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node),
             ),
         )
@@ -548,6 +549,11 @@ class FakeDriver(Driver):
         with self._b.lock:
             if any(i.name == spec.name for i in self._b.instances.values()):
                 raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
+            return self._build(spec, report)
+
+    def _build(self, spec: InstanceSpec, report: ProgressCallback) -> InstanceInfo:
+        """Everything create does after its name check; the caller holds the backend's lock."""
+        with self._b.lock:
             node = self._node(spec.node) if spec.node else self._least_loaded()
             image = self._image(spec.image, "image") if spec.image is not None else None
             nics = [self._new_nic(nic, f"nics.{n}") for n, nic in enumerate(spec.nics)]
@@ -582,11 +588,14 @@ class FakeDriver(Driver):
                 if spec.start:
                     self._set_power(inst, PowerState.RUNNING, EventType.STARTED)
             except BaseException:
-                # Nothing half-made: the instance and the disks it got go away together.
-                del self._b.instances[inst.id]
+                self._discard(inst)
                 raise
             report(1.0, "created")
             return inst.info()
+
+    def _discard(self, inst: _Instance) -> None:
+        """Nothing half-made: a failed create's instance goes, and the disks it got with it."""
+        del self._b.instances[inst.id]
 
     def _image(self, ref: str, field: str) -> Image:
         for image in self._b.images.values():

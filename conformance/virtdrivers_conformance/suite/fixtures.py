@@ -64,6 +64,8 @@ class EndpointUnderTest:
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: Whether a wrong secret must be refused (see ``EmbeddedEndpoint.authenticates``).
     authenticates: bool = True
+    #: Seconds a guest may take to boot far enough to read user data and report addresses.
+    guest_boot_timeout: float = 180.0
 
     def _need(self, name: str) -> Any:
         hook = getattr(self.hooks, name)

@@ -1275,9 +1275,6 @@ def _image_for(driver: Driver) -> Image:
 class TestWorkloads(DriverFixtures):
     """Instances that run workloads: images, NICs, user data, addresses, console, metrics (contract 1.2)."""
 
-    #: Seconds a real guest may take to boot far enough to read its user data and report addresses.
-    guest_boot_timeout: float = 180.0
-
     def _nics(self, driver: Driver) -> list[dict[str, Any]]:
         if not driver.supports(Capability.NETWORKS):
             return []
@@ -1291,7 +1288,7 @@ class TestWorkloads(DriverFixtures):
         ],
     )
     def test_create_from_an_image_leaves_the_image_unchanged(
-        self, driver: Driver, make_instance: MakeInstance, mode: ImageMode
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance, mode: ImageMode
     ) -> None:
         image = _image_for(driver)
         info = make_instance(image=image.id, image_mode=mode, disks=[{"size_gib": self.disk_gib}])
@@ -1302,7 +1299,7 @@ class TestWorkloads(DriverFixtures):
         assert len(got.disks) == 2, "the image's root disk comes first, then the spec's disks"
         if driver.supports(Capability.METRICS):  # let the guest run (and write) a little before looking
             _wait_for(
-                "the guest running", self.guest_boot_timeout, lambda: driver.instance_metrics(info.id).cpu_time_ns
+                "the guest running", endpoint.guest_boot_timeout, lambda: driver.instance_metrics(info.id).cpu_time_ns
             )
         after = {i.id: i for i in driver.list_images()}[image.id]
         assert after.model_dump() == image.model_dump(), "the image changed while an instance ran from it"
@@ -1378,7 +1375,9 @@ class TestWorkloads(DriverFixtures):
             driver.detach_nic(info.id, nic.id)
 
     @feature("user_data")
-    def test_the_guest_reads_its_user_data(self, driver: Driver, make_instance: MakeInstance) -> None:
+    def test_the_guest_reads_its_user_data(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
         if not driver.supports(Capability.CONSOLE_OUTPUT):
             pytest.skip("needs console_output to see what the guest read")
         marker = f"#vd-marker {uuid.uuid4().hex}"
@@ -1391,7 +1390,7 @@ class TestWorkloads(DriverFixtures):
             out = driver.console_output(info.id)
             return out if f"VIRTDRIVERS-USERDATA {digest}" in out else ""
 
-        console = _wait_for("the user-data marker on the console", self.guest_boot_timeout, read)
+        console = _wait_for("the user-data marker on the console", endpoint.guest_boot_timeout, read)
         assert marker in console, "the guest echoed the digest but not the marker line"
 
     @feature("user_data")
@@ -1406,13 +1405,13 @@ class TestWorkloads(DriverFixtures):
 
     @feature("guest_addresses")
     def test_addresses_appear_after_boot_for_the_instances_nics(
-        self, driver: Driver, make_instance: MakeInstance
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
     ) -> None:
         image = {"image": _image_for(driver).id} if driver.supports(Capability.IMAGES) else {}
         stopped = make_instance(start=False, disks=[], nics=self._nics(driver), **image)
         assert driver.guest_addresses(stopped.id) == [], "a stopped guest reports no address (and no error)"
         info = make_instance(disks=[], nics=self._nics(driver), **image)
-        found = _wait_for("a guest address", self.guest_boot_timeout, lambda: driver.guest_addresses(info.id))
+        found = _wait_for("a guest address", endpoint.guest_boot_timeout, lambda: driver.guest_addresses(info.id))
         macs = {n.mac for n in agreed(driver, info.id).nics}
         for entry in found:
             assert not macs or entry.mac in macs, f"address on {entry.mac}, not one of the instance's NICs {macs}"
@@ -1421,10 +1420,12 @@ class TestWorkloads(DriverFixtures):
                 ipaddress.ip_interface(address)  # CIDR notation, or this raises
 
     @feature("console_output")
-    def test_console_output_is_the_tail_of_the_log(self, driver: Driver, make_instance: MakeInstance) -> None:
+    def test_console_output_is_the_tail_of_the_log(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
         image = {"image": _image_for(driver).id} if driver.supports(Capability.IMAGES) else {}
         info = make_instance(disks=[], **image)
-        text = _wait_for("console output", self.guest_boot_timeout, lambda: driver.console_output(info.id))
+        text = _wait_for("console output", endpoint.guest_boot_timeout, lambda: driver.console_output(info.id))
         tail = driver.console_output(info.id, max_bytes=16)
         assert 0 < len(tail.encode()) <= 16
         assert text.endswith(tail) or driver.console_output(info.id).endswith(tail)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import re
 import time
-import uuid
 from typing import Any
 
 from vd_mutants._support import _Backend, _Disk, _Instance, leak_storage, with_leaked_storage
@@ -17,7 +16,6 @@ from virtdrivers.objects import (
     BackendInfo,
     DiskInfo,
     DiskSpec,
-    EventType,
     HostResources,
     InstanceInfo,
     InstanceSpec,
@@ -158,45 +156,13 @@ class GetKeyError(FakeDriver):
 # -- create -------------------------------------------------------------------------------------
 
 
-def _create_unguarded(driver: FakeDriver, spec: InstanceSpec, *, clean_up: bool) -> InstanceInfo:
-    """The fake's create without its duplicate check; ``clean_up=False`` also drops its rollback."""
-    b = driver._b
-    with b.lock:
-        node = driver._node(spec.node) if spec.node else driver._least_loaded()
-        inst = _Instance(
-            id=str(uuid.uuid4()),
-            name=spec.name,
-            vcpus=spec.vcpus,
-            memory_mb=spec.memory_mb,
-            node=node,
-            metadata=dict(spec.metadata),
-        )
-        b.instances[inst.id] = inst
-        try:
-            for disk in spec.disks:
-                driver._fault("create_disk")
-                inst.disks.append(driver._new_disk(disk))
-            driver._fault("create")
-            b.emit(inst, EventType.CREATED)
-            if spec.start:
-                driver._set_power(inst, PowerState.RUNNING, EventType.STARTED)
-        except BaseException:
-            if clean_up:
-                del b.instances[inst.id]
-            raise
-        return inst.info()
-
-
 class CreateLeaksOnFailure(FakeDriver):
     """A create that fails after its VM record and disks exist leaves them behind. Feature: create."""
 
     name = "mut-create-leaks-on-failure"
 
-    def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
-        with self._b.lock:
-            if any(i.name == spec.name for i in self._b.instances.values()):
-                raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
-            return _create_unguarded(self, spec, clean_up=False)
+    def _discard(self, inst: _Instance) -> None:
+        pass  # the rollback was never written
 
 
 class CreateRace(FakeDriver):
@@ -210,7 +176,8 @@ class CreateRace(FakeDriver):
         if taken:
             raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
         time.sleep(0.1)  # the backend round trip between the lookup and the create call
-        return _create_unguarded(self, spec, clean_up=True)
+        with self._b.lock:
+            return self._build(spec, progress or (lambda fraction, message: None))
 
 
 class CreateIgnoresNode(FakeDriver):
