@@ -1,8 +1,9 @@
 """How fast `virtdrivers drivers` answers, against `python -c "import stevedore"`, in one run.
 
-Listing installed drivers is stevedore's job plus importing each plugin's
-driver module; anything more (building every pydantic model of the contract,
-a vendor SDK, a simulator imported at module level) shows up here as a ratio.
+Listing installed drivers is reading the entry points plus what each plugin
+declares, which the listing caches for as long as the plugin's code is unchanged
+(``virtdrivers.listing``); ``--fresh`` imports every plugin, as the first listing
+after a code change does, and is printed for comparison, not held to the goal.
 The baseline is ``import stevedore`` rather than ``pass`` because stevedore is
 the floor any entry-point listing pays; the goal is within 2x of it.
 
@@ -46,7 +47,10 @@ def main() -> None:
         'python -c "import stevedore"': [sys.executable, "-c", "import stevedore"],
         "virtdrivers drivers --json": [*exe, "drivers", "--json"],
         "virtdrivers drivers (table)": [*exe, "drivers"],
+        # Not held to the goal: every plugin imported, as on the first listing after a code change.
+        "virtdrivers drivers --fresh": [*exe, "drivers", "--json", "--fresh"],
     }
+    fresh_name = "virtdrivers drivers --fresh"
     check = subprocess.run(commands["virtdrivers drivers --json"], capture_output=True, text=True, env=warm_env)
     if check.returncode not in (0, 1) or not check.stdout.startswith("["):
         sys.exit(f"virtdrivers drivers did not answer: {check.stderr.strip()}")
@@ -63,7 +67,8 @@ def main() -> None:
     worst = 0.0
     for name in list(commands)[1:]:
         ratio = statistics.median(t / b for t, b in zip(times[name], base, strict=True))
-        worst = max(worst, ratio)
+        if name != fresh_name:
+            worst = max(worst, ratio)
         print(f"{name:<30} {statistics.median(times[name]) * 1000:7.1f} ms  ratio {ratio:.2f}x")
     print(f"goal within {GOAL_RATIO:.1f}x:               {'met' if worst <= GOAL_RATIO else 'NOT MET'}")
 

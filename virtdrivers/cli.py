@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from virtdrivers.driver import Driver
-    from virtdrivers.loader import DriverEntry
+    from virtdrivers.listing import DriverSummary
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,16 +110,19 @@ def _own_stdout() -> Iterator[TextIO]:
     show_default=True,
     help="Seconds a plugin may take to load before it is reported as hanging.",
 )
-def drivers(as_json: bool, time_limit: float) -> None:
+@click.option("--fresh", is_flag=True, help="Import every plugin instead of trusting the listing cache.")
+def drivers(as_json: bool, time_limit: float, fresh: bool) -> None:
     """List installed drivers, their versions and declared capabilities.
 
     A plugin that fails to import, raises, hangs (``--time-limit``) or is
-    refused is listed with the reason, and the exit status is 1.
+    refused is listed with the reason, and the exit status is 1. What a plugin
+    declares is cached for as long as its code is unchanged (see
+    ``virtdrivers.listing``); ``--fresh`` imports every plugin.
     """
-    from virtdrivers.loader import list_drivers
+    from virtdrivers.listing import describe_drivers
 
     with _own_stdout() as out:
-        entries = list_drivers(time_limit)
+        entries = describe_drivers(time_limit, fresh=fresh)
         if as_json:
             data = [
                 {
@@ -127,8 +130,8 @@ def drivers(as_json: bool, time_limit: float) -> None:
                     "distribution": e.distribution,
                     "version": e.version,
                     "contract_version": e.contract_version,
-                    "capabilities": sorted(c.value for c in e.capabilities),
-                    "endpoints": [ep.name for ep in e.endpoints],
+                    "capabilities": list(e.capabilities),
+                    "endpoints": list(e.endpoints),
                     "settings": list(e.settings),
                     "error": e.error,
                 }
@@ -147,7 +150,7 @@ def drivers(as_json: bool, time_limit: float) -> None:
 CAPS_MIN_WIDTH = 50
 
 
-def render_drivers(entries: list[DriverEntry], console: Console) -> None:
+def render_drivers(entries: list[DriverSummary], console: Console) -> None:
     """Print the listing: one row per driver where it fits, a compact form where it does not.
 
     The full table names every capability in its row; on a narrow console that
@@ -160,7 +163,7 @@ def render_drivers(entries: list[DriverEntry], console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    def table(compact: bool, rows: list[DriverEntry]) -> Table:
+    def table(compact: bool, rows: list[DriverSummary]) -> Table:
         grid = Table(title="virtdrivers plugins", title_justify="left")
         for col in ("driver", "distribution", "contract", "embedded endpoints", "capabilities"):
             grid.add_column(col, overflow="fold", no_wrap=not compact and col != "capabilities")
@@ -170,8 +173,8 @@ def render_drivers(entries: list[DriverEntry], console: Console) -> None:
                 problem = "[red]error (below)[/]" if compact else f"[red]{escape(e.error or '')}[/]"
                 grid.add_row(e.name, dist, "-", "-", problem)
                 continue
-            endpoints = ", ".join(ep.name for ep in e.endpoints) or "-"
-            caps = sorted(c.value for c in e.capabilities)
+            endpoints = ", ".join(e.endpoints) or "-"
+            caps = list(e.capabilities)
             shown = str(len(caps)) if compact else ", ".join(caps) or "-"
             grid.add_row(e.name, dist, e.contract_version or "-", endpoints, shown)
         return grid
@@ -187,7 +190,7 @@ def render_drivers(entries: list[DriverEntry], console: Console) -> None:
     for e in entries:
         line = Text(f"{e.name}: ", style="bold")
         if e.ok:
-            line.append(" ".join(sorted(c.value for c in e.capabilities)) or "-")
+            line.append(" ".join(e.capabilities) or "-")
         else:
             line.append(e.error or "", style="red")
         console.print(line, overflow="fold")

@@ -27,7 +27,7 @@ import importlib.metadata
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,16 @@ from virtdrivers.driver import Driver, DriverSettings, EmbeddedEndpoint
 from virtdrivers.errors import ContractMismatch, DriverNotFound, PluginLoadError
 from virtdrivers.version import CONTRACT_VERSION, ContractVersion
 
-__all__ = ["NAMESPACE", "PLUGIN_TIME_LIMIT", "DriverEntry", "distribution_of", "driver_class", "list_drivers", "load"]
+__all__ = [
+    "NAMESPACE",
+    "PLUGIN_TIME_LIMIT",
+    "DriverEntry",
+    "distribution_of",
+    "driver_class",
+    "inspect_entry_points",
+    "list_drivers",
+    "load",
+]
 
 #: The entry-point group drivers register in.
 NAMESPACE = "virtdrivers.drivers"
@@ -207,7 +216,13 @@ def list_drivers(time_limit: float = PLUGIN_TIME_LIMIT) -> list[DriverEntry]:
     listing down; plugin modules are imported off the main thread, so one that
     installs a signal handler at import fails (and is reported).
     """
-    eps = importlib.metadata.entry_points(group=NAMESPACE)
+    return inspect_entry_points(importlib.metadata.entry_points(group=NAMESPACE), time_limit)
+
+
+def inspect_entry_points(
+    eps: Iterable[importlib.metadata.EntryPoint], time_limit: float = PLUGIN_TIME_LIMIT
+) -> list[DriverEntry]:
+    """:func:`list_drivers` for the given entry points only (what :mod:`virtdrivers.listing` must import)."""
     probes: dict[str, _Probe] = {}
     entries: list[DriverEntry] = []
     for ep in eps:
