@@ -19,10 +19,10 @@ import time
 import pytest
 
 from tests.test_plugins import install_plugin
+from virtdrivers.listing import LISTING_TIME_LIMIT
 
-#: The listing's time limit in these runs: short, so the suite stays quick, but far
-#: above what a good plugin needs even on a loaded machine.
-HANG_LIMIT = 3.0
+#: The listing's default time limit: a hanging plugin costs this, once, and the others are listed.
+HANG_LIMIT = LISTING_TIME_LIMIT
 
 PYPROJECT = """
 [build-system]
@@ -129,15 +129,22 @@ def trouble_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _drivers(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``drivers``; the time returned is until its output is complete (stdout closed), which is what
+    a caller waits for: a plugin's own non-daemon thread may keep the process alive longer."""
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "virtdrivers.cli", "drivers", "--time-limit", str(HANG_LIMIT), *args],
+    proc = subprocess.Popen(
+        # --fresh: every plugin is imported under the guards, as on the first listing after a change.
+        [sys.executable, "-m", "virtdrivers.cli", "drivers", "--fresh", *args],
         env={**env, "COLUMNS": "200"},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    return result, time.monotonic() - start
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    listed = time.monotonic() - start
+    _, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), listed
 
 
 def test_json_lists_good_plugins_reports_each_broken_one_and_stays_clean(trouble_env: dict[str, str]) -> None:
@@ -162,8 +169,10 @@ def test_json_lists_good_plugins_reports_each_broken_one_and_stays_clean(trouble
     assert "settings model went missing" in errors["trouble_property"]
     assert "hanging" in errors["trouble_hang"]
     assert f"{HANG_LIMIT:g}s" in errors["trouble_hang"]
-    # the hang costs the time limit once, not the plugin's 60 s sleep
-    assert elapsed < HANG_LIMIT + 5, f"listing took {elapsed:.1f}s"
+    # the hang costs the time limit once, not the plugin's 60 s sleep: the others are listed
+    # after it plus the interpreter's start (the allowance is for a loaded machine)
+    print(f"listing with a hanging plugin took {elapsed:.2f}s (limit {HANG_LIMIT:g}s)")
+    assert elapsed < HANG_LIMIT + 3, f"listing took {elapsed:.1f}s"
 
 
 def test_table_lists_good_plugins_and_every_broken_one_with_its_reason(trouble_env: dict[str, str]) -> None:
@@ -183,4 +192,4 @@ def test_table_lists_good_plugins_and_every_broken_one_with_its_reason(trouble_e
     }.items():
         assert broken in rows, out
         assert reason in " ".join(out.split()), f"{broken}: {reason!r} not shown"
-    assert elapsed < HANG_LIMIT + 5, f"listing took {elapsed:.1f}s"
+    assert elapsed < HANG_LIMIT + 3, f"listing took {elapsed:.1f}s"

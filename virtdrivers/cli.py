@@ -106,7 +106,7 @@ def _own_stdout() -> Iterator[TextIO]:
 @click.option(
     "--time-limit",
     type=click.FloatRange(min=0.1),
-    default=5.0,
+    default=1.5,
     show_default=True,
     help="Seconds a plugin may take to load before it is reported as hanging.",
 )
