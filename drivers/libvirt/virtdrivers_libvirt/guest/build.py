@@ -36,9 +36,10 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from virtdrivers_libvirt.guest import _apt, _elf
 from virtdrivers_libvirt.guest._cpio import MTIME, CpioWriter
@@ -99,6 +100,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _ROOTFS = _PACKAGE_DIR / "rootfs"
 
 
+ImageT = TypeVar("ImageT")
+
+
 class GuestBuildError(RuntimeError):
     """The tiny guest could not be built (missing host tool, apt failure, unexpected package)."""
 
@@ -152,18 +156,43 @@ def ensure_tiny_guest(cache_dir: Path | None = None, *, force: bool = False) -> 
     _check_host_tools()
     inputs = _resolve_inputs(cache_dir)
     key = _key(inputs)
+    return cached_build(
+        cache_dir,
+        key,
+        _load,
+        lambda tmp, started: _build(inputs, key, tmp, cache_dir / "debs", started),
+        force=force,
+    )
+
+
+def cached_build(
+    cache_dir: Path,
+    key: str,
+    load: Callable[[Path], ImageT | None],
+    build: Callable[[Path, float], None],
+    *,
+    force: bool = False,
+    remove: Callable[[Path], None] = lambda path: shutil.rmtree(path, ignore_errors=True),
+) -> ImageT:
+    """The image cached under ``cache_dir/images/key``, built by ``build`` when missing or ``force``d.
+
+    ``build(tmp, started)`` writes ``tmp/image``; it is renamed into place under a file lock, so
+    a second builder waits rather than builds again, and readers never see half an image.
+    ``load`` reads a published image (None when absent or unreadable); ``remove`` deletes a
+    build directory (the cloud-init guest's refuses while anything is mounted below it).
+    """
     final = cache_dir / "images" / key
-    if not force and (image := _load(final)) is not None:
+    if not force and (image := load(final)) is not None:
         return image
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _lock(cache_dir / ".lock"):
-        if not force and (image := _load(final)) is not None:
+        if not force and (image := load(final)) is not None:
             return image  # another process built it while we waited
         _remove_stale_temporaries(cache_dir)
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
         try:
-            _build(inputs, key, tmp, cache_dir / "debs", started)
+            build(tmp, started)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # force: move the old one aside first (readers keep their open files)
                 old = Path(tempfile.mkdtemp(prefix=".old-", dir=cache_dir))
@@ -174,11 +203,11 @@ def ensure_tiny_guest(cache_dir: Path | None = None, *, force: bool = False) -> 
             except OSError:
                 # Without a working lock (some network filesystems) another builder can win the
                 # rename; its image has the same key, hence the same inputs: use it.
-                if _load(final) is None:
+                if load(final) is None:
                     raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    image = _load(final)
+            remove(tmp)
+    image = load(final)
     if image is None:
         raise GuestBuildError(f"build finished but {final} has no guest.json")
     return image
@@ -299,10 +328,15 @@ def _host_tool_versions() -> dict[str, str]:
 
 
 def recipe_sha256() -> str:
-    """Hash of this package's code and rootfs templates: editing the recipe rebuilds the image."""
+    """Hash of this package's code and rootfs templates: editing the recipe rebuilds the image.
+
+    ``cloudinit.py`` (the other guest's recipe) is left out: editing it must not rebuild this one.
+    """
     h = hashlib.sha256(f"recipe-version {RECIPE_VERSION}\n".encode())
     files = sorted(p for p in _PACKAGE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for p in files:
+        if p.name == "cloudinit.py" and p.parent == _PACKAGE_DIR:
+            continue
         if p.suffix == ".py" or _ROOTFS in p.parents:
             h.update(p.relative_to(_PACKAGE_DIR).as_posix().encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())
