@@ -34,7 +34,7 @@ from virtdrivers.errors import (
     NotFound,
 )
 from virtdrivers.fake.model import _SHARED, _SHARED_LOCK, _Backend, _Disk, _Instance, _Snapshot
-from virtdrivers.fake.workloads import NETWORKS, Nic, read_image_file, root_disk_gib
+from virtdrivers.fake.workloads import Nic, networks, read_image_file, root_disk_gib
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -311,7 +311,7 @@ class FakeDriver(Driver):
         raise InvalidSpec(f"no image {ref!r}", field=field)
 
     def _network(self, ref: str, field: str) -> Network:
-        for net in NETWORKS:
+        for net in networks():
             if ref in (net.id, net.name):
                 return net
         raise InvalidSpec(f"no network {ref!r}", field=field)
@@ -665,7 +665,7 @@ class FakeDriver(Driver):
             del self._b.images[image_id]
 
     def list_networks(self) -> list[Network]:
-        return list(NETWORKS)
+        return list(networks())
 
     def attach_nic(self, instance_id: str, nic: NicSpec) -> NicInfo:
         with self._b.lock:

@@ -15,6 +15,7 @@ guest so one conformance test serves both:
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import math
 import time
@@ -29,11 +30,14 @@ from virtdrivers.objects import GuestAddress, Image, InstanceMetrics, Network, N
 GIB = 1024**3
 _QCOW2_MAGIC = b"QFI\xfb"
 
-#: The networks every fake backend has.
-NETWORKS = (
-    Network(id="net-default", name="default", kind="bridge"),
-    Network(id="net-isolated", name="isolated", kind="bridge"),
-)
+
+@functools.cache
+def networks() -> tuple[Network, ...]:
+    """The networks every fake backend has (made on first use: listing drivers builds no model)."""
+    return (
+        Network(id="net-default", name="default", kind="bridge"),
+        Network(id="net-isolated", name="isolated", kind="bridge"),
+    )
 
 
 def seed_images() -> dict[str, Image]:
