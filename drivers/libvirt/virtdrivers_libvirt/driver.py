@@ -52,17 +52,23 @@ from virtdrivers.objects import (
     DiskInfo,
     DiskSpec,
     EventType,
+    GuestAddress,
     HostResources,
+    Image,
+    ImageMode,
     InstanceInfo,
+    InstanceMetrics,
     InstanceSpec,
     Leftover,
     LifecycleEvent,
+    Network,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
 from virtdrivers.reaping import CreateToken
-from virtdrivers_libvirt import mapping
+from virtdrivers_libvirt import guest_io, mapping, network
+from virtdrivers_libvirt.images import ImageStore, StoredImage, root_disk_gib
 from virtdrivers_libvirt.session import Session
 from virtdrivers_libvirt.storage import MADE_PREFIX, DirStore, DiskStore, PoolStore
 
@@ -77,6 +83,11 @@ _MIGRATE_LIVE, _MIGRATE_PERSIST_DEST, _MIGRATE_UNDEFINE_SOURCE, _MIGRATE_UNSAFE 
 _MIGRATE_OFFLINE = 1024
 _EVENT_DEFINED, _EVENT_UNDEFINED = 0, 1
 _STATE_SHUTOFF = 5
+#: sun_path holds 108 bytes with the terminating NUL.
+_SUN_PATH_MAX = 107
+#: An ACPI power-button press sent before the guest listens (while its kernel boots) is lost:
+#: a graceful shutdown presses again at this interval until its deadline.
+ACPI_REPEAT_S = 3.0
 
 
 class LibvirtSettings(DriverSettings):
@@ -98,6 +109,12 @@ class LibvirtSettings(DriverSettings):
     disk_dir: str | None = None
     """Make disks with qemu-img in this local directory instead of a storage pool."""
     storage_pool: str = "default"
+    image_dir: str | None = None
+    """The image store: a directory every node sees at this path (like Nova's image cache).
+    Images, seeds and console logs need ``disk_dir`` too: they are files QEMU opens."""
+    tcg_cache_mib: int = Field(default=64, ge=1)
+    """TCG's translation cache for ``qemu`` (emulated) guests: QEMU's 1 GiB default makes every
+    guest reset seconds slower and the process larger."""
     username: str | None = None
     password: SecretStr | None = None
     """For SASL authentication on remote URIs."""
@@ -153,6 +170,17 @@ class LibvirtDriver(Driver):
             Capability.DISK_QCOW2,
             Capability.DISK_VMDK,
             # Not DISK_VHDX: qemu-img makes vhdx, but libvirt's disk XML has no such format.
+            Capability.IMAGES,
+            Capability.IMAGE_COW,
+            Capability.IMAGE_COPY,
+            Capability.IMAGE_UPLOAD,
+            Capability.NETWORKS,
+            Capability.USER_DATA,
+            Capability.GUEST_ADDRESSES,
+            Capability.CONSOLE_OUTPUT,
+            Capability.METRICS,
+            # Not NIC_HOTPLUG: PCI hot-unplug of a NIC waits for the guest OS, and blank guests
+            # have none. Not CONSOLE_CONNECT: the guests have no graphics or TCP console.
         }
     )
     settings_model = LibvirtSettings
@@ -189,6 +217,7 @@ class LibvirtDriver(Driver):
         self._create_fault = threading.Event()
         #: Names of creates in flight through this driver.
         self._creating: set[str] = set()
+        self._images = ImageStore(self.settings.image_dir) if self.settings.image_dir else None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -513,6 +542,8 @@ class LibvirtDriver(Driver):
                 )
         for n, disk in enumerate(spec.disks):
             self._check_disk(disk, f"disks.{n}.label")
+        if (spec.image is not None or spec.user_data is not None) and self._files is None:
+            raise NotSupported("images and user data need disk_dir: QEMU opens them as local files")
 
     @staticmethod
     def _check_disk(disk: DiskSpec, field: str) -> None:
@@ -529,12 +560,22 @@ class LibvirtDriver(Driver):
                 raise InvalidSpec(f"an instance named {spec.name!r} is being created already", field="name")
             self._creating.add(spec.name)
         try:
-            return self._create(node, spec, progress or (lambda fraction, message: None))
+            # Refused up front, before anything is made: unknown image, unknown network, taken MAC.
+            image = self._image(spec.image, "image") if spec.image is not None else None
+            nics = self._resolve_nics(node, spec.nics, "nics") if spec.nics else []
+            return self._create(node, spec, image, nics, progress or (lambda fraction, message: None))
         finally:
             with self._lock:
                 self._creating.discard(spec.name)
 
-    def _create(self, node: _Node, spec: InstanceSpec, report: ProgressCallback) -> InstanceInfo:
+    def _create(
+        self,
+        node: _Node,
+        spec: InstanceSpec,
+        image: StoredImage | None,
+        nics: list[mapping.NicRecord],
+        report: ProgressCallback,
+    ) -> InstanceInfo:
         for other in list(self._nodes.values()):
             # Names are unique across the nodes we can reach; libvirt enforces it per node.
             skip = (InstanceNotFound,) if other is node else (InstanceNotFound, BackendUnavailable)
@@ -547,11 +588,29 @@ class LibvirtDriver(Driver):
         # so what a create killed midway leaves can be found by reap (virtdrivers.reaping).
         token = CreateToken.new().encode()
         made: list[mapping.DiskRecord] = []
+        files: list[str] = []
         dom: Any = None
+        store = self._files
+        qemu = domain_type != "test" and store is not None
         try:
+            if image is not None and store is not None:
+                report(0.0, f"making the root disk from image {image.image.name}")
+                made.append(self._root_disk(store, uid, image, spec.image_mode, token))
             for n, disk in enumerate(spec.disks):
                 report(n / max(len(spec.disks), 1) * 0.8, f"creating disk {n + 1} of {len(spec.disks)}")
                 made.append(self._make_disk(node, uid, mapping.next_disk_dev({d.dev for d in made}), disk, token))
+            seed = console = socket = None
+            if spec.user_data is not None and store is not None:
+                name = f"{MADE_PREFIX}{uid}-{mapping.SEED_ROLE}-{token}.img"
+                seed = guest_io.write_seed(spec, uid, store.directory, name)
+                files.append(seed)
+            if qemu and store is not None:
+                # QEMU makes the log when it starts; named with the token so reap knows it.
+                console = os.path.join(store.directory, f"{MADE_PREFIX}{uid}-{mapping.CONSOLE_ROLE}-{token}.log")
+                files.append(console)
+                socket = self._agent_socket(store, uid) if image is not None else None
+                if socket is not None:
+                    files.append(socket)
             xml = mapping.domain_xml(
                 uuid=uid,
                 name=spec.name,
@@ -562,6 +621,13 @@ class LibvirtDriver(Driver):
                 metadata=dict(spec.metadata),
                 machine=None if domain_type == "test" else self.settings.machine,
                 create_token=token,
+                nics=tuple(nics),
+                seed=seed,
+                console=console,
+                # An agent lives only in an operating system: blank guests get no channel.
+                agent=qemu and image is not None,
+                agent_socket=socket,
+                tcg_cache_mib=self.settings.tcg_cache_mib,
             )
             dom = node.session.call(lambda c: c.defineXML(xml), ref=spec.name)
             if spec.start:
@@ -573,8 +639,9 @@ class LibvirtDriver(Driver):
             # The last step: the create is complete, nothing of it is left over any more.
             self._write_metadata(node, dom, uid, dict(spec.metadata), tuple(made))
         except BaseException as exc:
-            # Nothing half-made: the domain and the disks it got go away together.
+            # Nothing half-made: the domain and the disks and files it got go away together.
             self._undo_create(node, dom, made)
+            self._delete_files(files)
             if isinstance(exc, DriverError) and "already exists" in str(exc):
                 raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name") from exc
             raise
@@ -589,6 +656,56 @@ class LibvirtDriver(Driver):
         hook, since libvirt has no fault knob of its own. Everything after the fault is the
         driver's real clean-up against the real peer."""
         self._create_fault.set()
+
+    @property
+    def _files(self) -> DirStore | None:
+        """The local directory seeds, console logs and image-made disks live in (``disk_dir``)."""
+        store = self._primary.store if self._nodes else None
+        return store if isinstance(store, DirStore) else None
+
+    def _image(self, ref: str, field: str) -> StoredImage:
+        found = self._images.find(ref) if self._images is not None else None
+        if found is None:
+            raise InvalidSpec(f"no image {ref!r}", field=field)
+        return found
+
+    def _root_disk(
+        self, store: DirStore, uid: str, image: StoredImage, mode: ImageMode | None, token: str
+    ) -> mapping.DiskRecord:
+        """The root disk, first on the bus and first to boot: a copy-on-write child of the image
+        unless a copy is asked for."""
+        cow = mode != ImageMode.COPY
+        size = root_disk_gib(image.image)
+        dev = mapping.ROOT_DEV
+        path = store.create_from_image(f"{MADE_PREFIX}{uid}-{dev}-{token}", image.path, image.format, size, cow=cow)
+        return mapping.DiskRecord(
+            dev=dev, path=path, size_gib=size, format=DiskFormat.QCOW2, thin=True, image=image.image.id, cow=cow
+        )
+
+    @staticmethod
+    def _agent_socket(store: DirStore, uid: str) -> str | None:
+        """Our own path for the agent's socket where it fits sun_path; None lets libvirt choose
+        (under its state directory, which an embedded root deep in /tmp can push past 108 bytes)."""
+        path = os.path.join(os.path.abspath(store.directory), f"{MADE_PREFIX}{uid}.agent")
+        return path if len(path.encode()) <= _SUN_PATH_MAX else None
+
+    @staticmethod
+    def _delete_files(paths: Sequence[str]) -> None:
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                log.exception("could not remove %s", path)
+
+    def _resolve_nics(
+        self, node: _Node, nics: Sequence[Any], field: str, used: set[str] | None = None
+    ) -> list[mapping.NicRecord]:
+        return network.resolve(self._networks(node), nics, used or set(), field)
+
+    def _networks(self, node: _Node) -> list[Network]:
+        return network.list_networks(node.session, self._domain_type_for(node))
 
     def _make_disk(self, node: _Node, uid: str, dev: str, disk: DiskSpec, token: str) -> mapping.DiskRecord:
         """A new disk for instance ``uid``, named with the operation's token so that reap can
@@ -654,6 +771,22 @@ class LibvirtDriver(Driver):
                     node.store.delete(disk.path)
                 except DriverError:
                     log.warning("could not remove disk %s of %s", disk.path, instance_id)
+        if record.managed:
+            self._delete_files(self._own_files(node, record))
+
+    @staticmethod
+    def _own_files(node: _Node, record: mapping.DomainRecord) -> list[str]:
+        """The seed, console log and agent socket of a domain, where this driver made them (named
+        ``vd-<its uuid>...`` in the disk directory): never a file someone else configured."""
+        if not isinstance(node.store, DirStore):
+            return []
+        directory = os.path.abspath(node.store.directory)
+        return [
+            p
+            for p in record.files
+            if os.path.dirname(os.path.abspath(p)) == directory
+            and os.path.basename(p).startswith(f"{MADE_PREFIX}{record.uuid}")
+        ]
 
     def _require(self, state: PowerState, name: str, *allowed: PowerState) -> None:
         if state not in allowed:
@@ -697,9 +830,13 @@ class LibvirtDriver(Driver):
             node.session.call(lambda _c: dom.managedSaveRemove(0), ref=instance_id)
             return self._info(node, dom, fresh=False)
         if not force and timeout > 0 and state == PowerState.RUNNING:
-            node.session.call(lambda _c: dom.shutdown(), ref=instance_id)
-            if self._wait_for(node, dom, lambda s: s == PowerState.SHUTDOWN, timeout):
-                return self._info(node, dom, fresh=False)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                # A press before the guest's ACPI daemon runs is lost: press again until the deadline.
+                with contextlib.suppress(InvalidState):  # stopped between the check and the press
+                    node.session.call(lambda _c: dom.shutdown(), ref=instance_id)
+                if self._wait_for(node, dom, lambda s: s == PowerState.SHUTDOWN, min(left, ACPI_REPEAT_S)):
+                    return self._info(node, dom, fresh=False)
             log.info("instance %s did not shut down in %.1f s: forcing it off", instance_id, timeout)
         with contextlib.suppress(InvalidState):  # it may have stopped by itself meanwhile
             node.session.call(lambda _c: dom.destroy(), ref=instance_id)
@@ -988,6 +1125,7 @@ class LibvirtDriver(Driver):
                 except InstanceNotFound:
                     continue
                 referenced.update(d.path for d in record.disks)
+                referenced.update(record.files)
                 referenced.update(d.path for d in self._snapshot_disks(node, dom, record.uuid))
                 token = CreateToken.decode(record.create_token)
                 if not record.managed or token is None or not token.abandoned(grace_s):
@@ -1061,3 +1199,68 @@ class LibvirtDriver(Driver):
         # Its disks stay the owner's: destroy will not delete storage we did not make.
         self._set_disks(node, dom, record, record.disks)
         return self._info(node, dom)
+
+    # -- workloads (contract 1.2) -----------------------------------------------------------------
+
+    def _image_store(self) -> ImageStore:
+        if self._images is None:
+            raise NotSupported("no image store: set image_dir")
+        return self._images
+
+    def list_images(self) -> list[Image]:
+        return [i.image for i in self._images.list()] if self._images is not None else []
+
+    def register_image(self, path: str, name: str, *, disk_format: DiskFormat | None = None) -> Image:
+        if not name or len(name) > 255 or mapping.unstorable(name):
+            raise InvalidSpec("an image name is 1-255 characters XML can hold", field="name")
+        return self._image_store().add(path, name, disk_format=disk_format)
+
+    def delete_image(self, image_id: str) -> None:
+        """Conflict while any domain on any node (or any of its snapshots) has a copy-on-write
+        child of it: deleting the backing file would corrupt those disks."""
+        store = self._image_store()
+        if not any(i.image.id == image_id for i in store.list()):
+            raise NotFound(f"image {image_id!r} not found")
+        users = []
+        for node in list(self._nodes.values()):
+            for dom in node.session.call(lambda c: c.listAllDomains(0)):
+                try:
+                    record = self._record(node, dom, fresh=True)
+                    disks = (*record.disks, *self._snapshot_disks(node, dom, record.uuid))
+                except InstanceNotFound:
+                    continue
+                if any(d.image == image_id and d.cow for d in disks):
+                    users.append(record.name)
+        if users:
+            raise Conflict(f"image {image_id!r} backs the disks of {', '.join(sorted(users))}")
+        store.remove(image_id)
+
+    def list_networks(self) -> list[Network]:
+        return self._networks(self._primary)
+
+    def _guest_side(self, instance_id: str, what: str) -> tuple[_Node, Any]:
+        """The domain, where it runs a real guest to ask: libvirt's test driver runs none, so
+        whatever it answered would be made up."""
+        node, dom, _ = self._managed(instance_id)
+        if self._domain_type_for(node) == "test":
+            raise NotSupported(f"libvirt's test driver runs no guest: no {what}")
+        return node, dom
+
+    def guest_addresses(self, instance_id: str) -> list[GuestAddress]:
+        node, dom = self._guest_side(instance_id, "guest addresses")
+        if self._state(node, dom) != PowerState.RUNNING:
+            return []
+        return network.guest_addresses(node.session, dom, self._record(node, dom))
+
+    def console_output(self, instance_id: str, *, max_bytes: int = 64 * 1024) -> str:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise InvalidSpec("must be a positive number of bytes", field="max_bytes")
+        node, dom = self._guest_side(instance_id, "console")
+        console = self._record(node, dom).console
+        if console is None:
+            raise NotSupported("this instance has no serial console log (it needs disk_dir)")
+        return guest_io.console_tail(console, max_bytes)
+
+    def instance_metrics(self, instance_id: str) -> InstanceMetrics:
+        node, dom = self._guest_side(instance_id, "counters")
+        return guest_io.metrics(node.session, dom, instance_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from virtdrivers.capabilities import DiskFormat
 from virtdrivers.errors import InvalidSpec
-from virtdrivers.objects import DiskInfo, EventType, InstanceInfo, PowerState, SnapshotInfo
+from virtdrivers.objects import DiskInfo, EventType, InstanceInfo, NicInfo, PowerState, SnapshotInfo
 
 NAMESPACE = "https://virtdrivers.dev/xmlns/libvirt/1"
 PREFIX = "vd"
@@ -34,6 +34,8 @@ GIB = 1024**3
 #: cooperation (PCI hot-unplug of virtio-blk waits for an OS that our test guests lack).
 DISK_BUS = "scsi"
 _DEV_PREFIX = "sd"
+#: The root disk made from an image: ``vda`` on virtio-blk.
+ROOT_BUS, ROOT_DEV = "virtio", "vda"
 MAX_DISKS = 16
 
 # libvirt enum values, repeated here so this module stays free of the SDK.
@@ -148,6 +150,10 @@ class DiskRecord:
     label: str | None = None
     owned: bool = True
     """Created by this driver, so destroy and detach(delete=True) may remove its storage."""
+    image: str | None = None
+    """The image this root disk was made from (it boots first)."""
+    cow: bool = False
+    """A copy-on-write child of the image: the image must outlive it."""
 
     def info(self) -> DiskInfo:
         return DiskInfo(id=self.dev, size_gib=self.size_gib, format=self.format, thin=self.thin, label=self.label)
@@ -166,6 +172,22 @@ class DomainRecord:
     managed: bool = False
     create_token: str | None = None
     """The operation token of the create that made it, until that create completes."""
+    nics: tuple[NicRecord, ...] = ()
+    seed: str | None = None
+    """The NoCloud seed file this driver made for it (a read-only disk not reported as one)."""
+    console: str | None = None
+    """The file its serial console is logged to."""
+    agent_socket: str | None = None
+    """The guest agent channel's UNIX socket, where this driver chose its path."""
+
+    @property
+    def image(self) -> str | None:
+        return next((d.image for d in self.disks if d.image), None)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Files other than disks that this driver made for the domain and removes with it."""
+        return tuple(p for p in (self.seed, self.console, self.agent_socket) if p)
 
     def info(self, power_state: PowerState, node: str | None) -> InstanceInfo:
         return InstanceInfo(
@@ -179,7 +201,29 @@ class DomainRecord:
             disks=tuple(d.info() for d in self.disks),
             metadata=dict(self.metadata),
             managed=self.managed,
+            image=self.image,
+            nics=tuple(n.info() for n in self.nics),
         )
+
+
+@dataclass(frozen=True)
+class NicRecord:
+    """One NIC of a domain: libvirt keys NICs by MAC, and so does the contract's NIC id."""
+
+    mac: str
+    network: str
+    """``user`` for QEMU's user-mode networking, else the libvirt network's (or ``bridge:``) name."""
+    model: str | None = None
+
+    def info(self) -> NicInfo:
+        return NicInfo(id=self.mac, network=self.network, mac=self.mac, model=self.model)
+
+
+#: The network name that means QEMU's user-mode (SLIRP) networking: no host setup, NAT only.
+USER_NETWORK = "user"
+#: File roles in the names of what this driver makes besides disks: ``vd-<uuid>-<role>-<token>``.
+SEED_ROLE, CONSOLE_ROLE = "seed", "console"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 # -- domains ---------------------------------------------------------------------------------
@@ -212,6 +256,9 @@ def _metadata_element(
         }
         if d.label is not None:
             attrib["label"] = d.label
+        if d.image is not None:
+            attrib["image"] = d.image
+            attrib["cow"] = "yes" if d.cow else "no"
         _sub(root, f"{ns}disk", **attrib)
     return root
 
@@ -228,8 +275,46 @@ def disk_element(disk: DiskRecord) -> ET.Element:
     el = ET.Element("disk", {"type": "file", "device": "disk"})
     _sub(el, "driver", name="qemu", type=disk.format.value)
     _sub(el, "source", file=disk.path)
-    _sub(el, "target", dev=disk.dev, bus=DISK_BUS)
+    if disk.image is not None:
+        # The root disk is virtio-blk, as images expect (a cloud kernel may lack virtio-scsi
+        # until its initramfs loads it), and it boots first whatever else is attached.
+        _sub(el, "target", dev=disk.dev, bus=ROOT_BUS)
+        _sub(el, "boot", order="1")
+    else:
+        _sub(el, "target", dev=disk.dev, bus=DISK_BUS)
     return el
+
+
+def nic_element(nic: NicRecord) -> ET.Element:
+    if nic.network == USER_NETWORK:
+        el = ET.Element("interface", {"type": "user"})
+    elif nic.network.startswith("bridge:"):
+        el = ET.Element("interface", {"type": "bridge"})
+        _sub(el, "source", bridge=nic.network.removeprefix("bridge:"))
+    else:
+        el = ET.Element("interface", {"type": "network"})
+        _sub(el, "source", network=nic.network)
+    _sub(el, "mac", address=nic.mac)
+    if nic.model:
+        _sub(el, "model", type=nic.model)
+    return el
+
+
+def seed_element(path: str) -> ET.Element:
+    """The NoCloud seed: a read-only virtio disk (the cloud kernel has no AHCI, so no SATA cdrom)."""
+    el = ET.Element("disk", {"type": "file", "device": "disk"})
+    _sub(el, "driver", name="qemu", type="raw")
+    _sub(el, "source", file=path)
+    _sub(el, "target", dev="vdz", bus="virtio")
+    _sub(el, "readonly")
+    return el
+
+
+def _is_seed(el: ET.Element) -> bool:
+    """A seed is told from a disk by being read-only and named by this driver as one."""
+    source = el.find("source")
+    name = os.path.basename(source.get("file", "")) if source is not None else ""
+    return el.find("readonly") is not None and name.startswith("vd-") and f"-{SEED_ROLE}-" in name
 
 
 def disk_xml(disk: DiskRecord) -> str:
@@ -249,8 +334,20 @@ def domain_xml(
     machine: str | None = "pc",
     managed: bool = True,
     create_token: str | None = None,
+    nics: tuple[NicRecord, ...] = (),
+    seed: str | None = None,
+    console: str | None = None,
+    agent: bool = False,
+    agent_socket: str | None = None,
+    tcg_cache_mib: int | None = None,
 ) -> str:
     """A persistent domain definition for ``virDomainDefineXML``.
+
+    Workloads add: NICs; the seed as a read-only virtio disk; a serial console logged to
+    ``console`` with ``append='on'`` (without it libvirt truncates the log at every start);
+    the guest agent's virtio-serial channel (``agent_socket`` names its UNIX socket where the
+    path libvirt would choose may be too long for sun_path, else libvirt chooses); and a small
+    TCG translation cache (QEMU's 1 GiB default makes each guest reset seconds slower).
 
     ``managed=False`` leaves out our metadata: a domain as someone else would have made it.
 
@@ -272,6 +369,8 @@ def domain_xml(
     _sub(os_el, "type", "hvm", **type_attrib)
     features = _sub(dom, "features")
     _sub(features, "acpi")
+    if tcg_cache_mib is not None and domain_type == "qemu":
+        _sub(_sub(features, "tcg"), "tb-cache", str(tcg_cache_mib), unit="MiB")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
@@ -280,6 +379,19 @@ def domain_xml(
         _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for d in disks:
         devices.append(disk_element(d))
+    if seed is not None:
+        devices.append(seed_element(seed))
+    for nic in nics:
+        devices.append(nic_element(nic))
+    if console is not None:
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=console, append="on")
+        _sub(serial, "target", port="0")
+    if agent:
+        channel = _sub(devices, "channel", type="unix")
+        if agent_socket is not None:
+            _sub(channel, "source", mode="bind", path=agent_socket)
+        _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
     if domain_type != "test":
         video = _sub(devices, "video")
         _sub(video, "model", type="none")
@@ -319,8 +431,13 @@ def parse_domain_xml(xml: str) -> DomainRecord:
     if current is not None:
         memory_mb = _memory_mb(current) or memory_mb
     disks = []
+    seed = None
     for el in root.findall("devices/disk"):
         if el.get("device", "disk") != "disk":
+            continue
+        if _is_seed(el):
+            source = el.find("source")
+            seed = source.get("file") if source is not None else None
             continue
         target, source, driver = el.find("target"), el.find("source"), el.find("driver")
         dev = target.get("dev", "") if target is not None else ""
@@ -340,6 +457,8 @@ def parse_domain_xml(xml: str) -> DomainRecord:
                     thin=x.get("thin") != "no",
                     label=x.get("label"),
                     owned=x.get("owned") == "yes",
+                    image=x.get("image"),
+                    cow=x.get("cow") == "yes",
                 )
             )
         else:
@@ -353,7 +472,51 @@ def parse_domain_xml(xml: str) -> DomainRecord:
         metadata=metadata,
         managed=mine is not None and mine.get("managed") == "yes",
         create_token=mine.get("create") if mine is not None else None,
+        nics=_parse_nics(root),
+        seed=seed,
+        console=_console_path(root),
+        agent_socket=_agent_socket(root),
     )
+
+
+def _parse_nics(root: ET.Element) -> tuple[NicRecord, ...]:
+    nics = []
+    for el in root.findall("devices/interface"):
+        mac_el, source, model = el.find("mac"), el.find("source"), el.find("model")
+        kind = el.get("type", "")
+        if kind == "user":
+            network = USER_NETWORK
+        elif kind == "bridge" and source is not None:
+            network = "bridge:" + source.get("bridge", "")
+        else:
+            network = source.get("network", "") if source is not None else ""
+        nics.append(
+            NicRecord(
+                mac=mac_el.get("address", "").lower() if mac_el is not None else "",
+                network=network,
+                model=model.get("type") if model is not None else None,
+            )
+        )
+    return tuple(nics)
+
+
+def _console_path(root: ET.Element) -> str | None:
+    for el in root.findall("devices/serial"):
+        source = el.find("source")
+        if el.get("type") == "file" and source is not None and source.get("path"):
+            return source.get("path")
+    return None
+
+
+def _agent_socket(root: ET.Element) -> str | None:
+    for el in root.findall("devices/channel"):
+        target, source = el.find("target"), el.find("source")
+        if target is not None and target.get("name") == AGENT_CHANNEL and source is not None:
+            path = source.get("path")
+            # Only a path this driver chose (named after the domain) is ours to remove.
+            if path and os.path.basename(path).startswith("vd-"):
+                return path
+    return None
 
 
 def resized_xml(xml: str, *, vcpus: int | None, memory_mb: int | None) -> str:
@@ -393,7 +556,7 @@ def redefined_disks_xml(xml: str, metadata: dict[str, str], disks: tuple[DiskRec
     for el in devices.findall("disk"):
         target = el.find("target")
         dev = target.get("dev") if target is not None else None
-        if el.get("device", "disk") == "disk" and dev not in wanted:
+        if el.get("device", "disk") == "disk" and dev not in wanted and not _is_seed(el):
             devices.remove(el)
         elif dev in wanted:
             del wanted[dev]
@@ -475,6 +638,13 @@ def node_file_xml(
     for name, uid in pets:
         pet = domain_xml(uuid=uid, name=name, vcpus=1, memory_mb=128, domain_type="test", machine=None, managed=False)
         node.append(ET.fromstring(pet))
+    # libvirt's usual NAT network, as a stock host has it: NICs join it by name.
+    net = _sub(node, "network")
+    _sub(net, "name", "default")
+    _sub(net, "bridge", name="virbr0")
+    _sub(net, "forward", mode="nat")
+    ip = _sub(net, "ip", address="192.168.122.1", netmask="255.255.255.0")
+    _sub(_sub(ip, "dhcp"), "range", start="192.168.122.2", end="192.168.122.254")
     pool = _sub(node, "pool", type="dir")
     _sub(pool, "name", "default")
     _sub(pool, "capacity", str(pool_capacity_gib), unit="GiB")
