@@ -34,7 +34,10 @@ class TestFakeConformance(ConformanceSuite):
     @pytest.fixture(scope="class")
     @classmethod
     def endpoint(cls, endpoint_settings: Mapping[str, Any]) -> EndpointUnderTest:
-        return EndpointUnderTest(hooks=FakeDriver.embedded_endpoints()[0].hooks, settings=endpoint_settings)
+        embedded = FakeDriver.embedded_endpoints()[0]
+        return EndpointUnderTest(
+            hooks=embedded.hooks, settings=endpoint_settings, guest_boot_timeout=embedded.guest_boot_timeout
+        )
 
 
 def test_concurrent_creates_are_all_kept_and_names_stay_unique() -> None:

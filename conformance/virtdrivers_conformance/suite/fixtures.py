@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from virtdrivers import Driver, EndpointHooks, InstanceInfo, InstanceSpec, NotFound
+from virtdrivers import Capability, Driver, EndpointHooks, InstanceInfo, InstanceSpec, NotFound
 from virtdrivers_conformance.features import FEATURES
 
 __all__ = ["PROBED_KEY", "DriverFixtures", "EndpointUnderTest", "feature", "unique_name"]
@@ -161,6 +162,28 @@ class DriverFixtures:
     def instance(self, make_instance: MakeInstance) -> InstanceInfo:
         """A running instance with one disk in the driver's default format."""
         return make_instance()
+
+    @pytest.fixture
+    def booted_instance(self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance) -> InstanceInfo:
+        """A running instance with an operating system where the endpoint has an image (so it hears ACPI and
+        reboots for real), booted far enough to report an address or console output; a blank one otherwise."""
+        images = driver.list_images() if driver.supports(Capability.IMAGES) else []
+        if not images:
+            return make_instance()
+        nics = [{"network": driver.list_networks()[0].id}] if driver.supports(Capability.NETWORKS) else []
+        info = make_instance(image=images[0].id, disks=[], nics=nics)
+        if nics and driver.supports(Capability.GUEST_ADDRESSES):
+            up: Callable[[], object] = lambda: driver.guest_addresses(info.id)  # noqa: E731
+        elif driver.supports(Capability.CONSOLE_OUTPUT):
+            up = lambda: driver.console_output(info.id)  # noqa: E731
+        else:
+            return info
+        deadline = time.monotonic() + endpoint.guest_boot_timeout
+        while not up():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the guest of {info.name} did not come up within {endpoint.guest_boot_timeout:.0f}s")
+            time.sleep(0.2)
+        return info
 
     @pytest.fixture
     def stopped_instance(self, make_instance: MakeInstance) -> InstanceInfo:

@@ -62,29 +62,29 @@ class TestPower(DriverFixtures):
         assert elapsed < timeout / 2, f"power_off(force=True) took {elapsed:.1f}s: it waited for the guest"
 
     @feature("graceful_shutdown")
-    def test_graceful_shutdown_ends_off(self, driver: Driver, instance: InstanceInfo) -> None:
-        info = driver.power_off(instance.id, timeout=self.graceful_timeout)
+    def test_graceful_shutdown_ends_off(self, driver: Driver, booted_instance: InstanceInfo) -> None:
+        info = driver.power_off(booted_instance.id, timeout=self.graceful_timeout)
         assert info.power_state == PowerState.SHUTDOWN
-        assert agreed(driver, instance.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, booted_instance.id).power_state == PowerState.SHUTDOWN
 
     @feature("graceful_shutdown")
     def test_graceful_shutdown_forces_a_guest_that_ignores_it(
-        self, driver: Driver, endpoint: EndpointUnderTest, instance: InstanceInfo
+        self, driver: Driver, endpoint: EndpointUnderTest, booted_instance: InstanceInfo
     ) -> None:
-        endpoint.ignore_acpi(driver, instance.id)
+        endpoint.ignore_acpi(driver, booted_instance.id)
         started = time.monotonic()
-        info = driver.power_off(instance.id, timeout=self.forced_shutdown_timeout)
+        info = driver.power_off(booted_instance.id, timeout=self.forced_shutdown_timeout)
         elapsed = time.monotonic() - started
         assert info.power_state == PowerState.SHUTDOWN, "a guest that ignores ACPI was not forced off"
         # A contract bound, not a speed claim: the caller's timeout, not the driver's own, decides.
         assert elapsed < self.forced_shutdown_timeout + 20, f"forced only after {elapsed:.0f}s"
-        assert agreed(driver, instance.id).power_state == PowerState.SHUTDOWN
+        assert agreed(driver, booted_instance.id).power_state == PowerState.SHUTDOWN
 
     @feature("reboot")
-    def test_soft_and_hard_reboot(self, driver: Driver, instance: InstanceInfo) -> None:
-        assert driver.reboot(instance.id, hard=True).power_state == PowerState.RUNNING
-        assert driver.reboot(instance.id).power_state == PowerState.RUNNING
-        assert agreed(driver, instance.id).power_state == PowerState.RUNNING
+    def test_soft_and_hard_reboot(self, driver: Driver, booted_instance: InstanceInfo) -> None:
+        assert driver.reboot(booted_instance.id, hard=True).power_state == PowerState.RUNNING
+        assert driver.reboot(booted_instance.id).power_state == PowerState.RUNNING
+        assert agreed(driver, booted_instance.id).power_state == PowerState.RUNNING
 
     @feature("reboot")
     def test_reboot_of_a_stopped_instance_is_invalid_state(
