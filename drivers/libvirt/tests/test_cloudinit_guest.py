@@ -372,3 +372,57 @@ def test_prune_keeps_only_the_named_image_and_its_debs(tmp_path: Path) -> None:
     removed = prune_cloudinit(tmp_path, keep=keep.name)
     assert sorted(p.name for p in removed) == ["bsdutils_1%3a2.38.1-4_amd64.deb", old.name]
     assert [p.name for p in debs.iterdir()] == ["bsdutils_1%3a2.38.1-5_amd64.deb"]
+
+
+@pytest.mark.slow
+def test_cloud_init_through_the_driver_reads_our_user_data_and_reports_its_address(
+    image: CloudInitGuestImage,
+) -> None:
+    """The whole path a compute agent takes, on real QEMU: register the image, create from it with user
+    data and a NIC, then see cloud-init's own log line for our user data on the console and the agent's
+    address through the driver."""
+    import virtdrivers
+    from virtdrivers import Capability
+
+    marker = f"vd-cloudinit-{secrets.token_hex(6)}"
+    user_data = f"#cloud-config\nruncmd:\n  - [sh, -c, 'echo {marker} > /dev/ttyS0']\n"
+    cls = virtdrivers.driver_class("libvirt")
+    endpoint = {e.name: e for e in cls.embedded_endpoints()}["qemu"]
+    started = time.monotonic()
+    with endpoint.start() as settings, cls(**settings) as driver:
+        assert driver.supports(Capability.IMAGE_UPLOAD)
+        registered = driver.register_image(str(image.path), f"cloudinit-{secrets.token_hex(4)}")
+        net = driver.list_networks()[0]
+        info = driver.create(
+            virtdrivers.InstanceSpec(
+                name=f"ci-{secrets.token_hex(4)}",
+                vcpus=1,
+                memory_mb=max(image.min_memory_mib, 256),
+                image=registered.id,
+                nics=[{"network": net.id}],
+                user_data={"user_data": user_data, "hostname": "ci-guest"},
+            )
+        )
+        try:
+            deadline = time.monotonic() + 600
+            console = ""
+            while time.monotonic() < deadline:
+                console = driver.console_output(info.id)
+                if marker in console and re.search(r"Cloud-init v\. \S+ finished", console):
+                    break
+                time.sleep(2)
+            else:
+                pytest.fail(f"no cloud-init 'finished' line with our marker: {console[-2000:]}")
+            read_at = time.monotonic() - started
+            found: list[Any] = []
+            while time.monotonic() < deadline and not found:
+                found = driver.guest_addresses(info.id)
+                time.sleep(1)
+            assert found, "the guest agent reported no address"
+            macs = {n.mac for n in driver.get_instance(info.id).nics}
+            assert {a.mac for a in found} & macs
+            assert any(addr.startswith("10.0.2.") for a in found for addr in a.addresses)
+            _say(f"through the driver: user data read at {read_at:.1f}s, address at {time.monotonic() - started:.1f}s")
+        finally:
+            driver.destroy(info.id)
+            driver.delete_image(registered.id)
