@@ -605,7 +605,9 @@ class LibvirtDriver(Driver):
                 seed = guest_io.write_seed(spec, uid, store.directory, name)
                 files.append(seed)
             if qemu and store is not None:
-                # QEMU makes the log when it starts; named with the token so reap knows it.
+                # QEMU makes the log when it starts; named with the token so reap knows it. Its
+                # directory must exist by then, even for an instance with no disk of its own.
+                os.makedirs(store.directory, exist_ok=True)
                 console = os.path.join(store.directory, f"{MADE_PREFIX}{uid}-{mapping.CONSOLE_ROLE}-{token}.log")
                 files.append(console)
                 socket = self._agent_socket(store, uid) if image is not None else None
