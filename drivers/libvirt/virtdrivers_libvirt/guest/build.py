@@ -296,7 +296,7 @@ def _resolve_inputs(cache_dir: Path) -> _Inputs:
         busybox=top[BUSYBOX_PACKAGE],
         agent=top[AGENT_PACKAGE],
         libraries=tuple(libraries[n] for n in sorted(libraries)),
-        host_tools=_host_tool_versions(),
+        host_tools=host_tool_versions(),
         recipe_sha256=recipe_sha256(),
     )
     record = {
@@ -316,9 +316,10 @@ def _resolve_inputs(cache_dir: Path) -> _Inputs:
     return inputs
 
 
-def _host_tool_versions() -> dict[str, str]:
+def host_tool_versions(packages: tuple[str, ...] = HOST_PACKAGES) -> dict[str, str]:
+    """Installed versions of the host packages a build runs (part of each image's cache key)."""
     out = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *HOST_PACKAGES],
+        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *packages],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,

@@ -51,6 +51,7 @@ from virtdrivers_libvirt.guest.build import (
     cached_build,
     default_cache_dir,
     file_sha256,
+    host_tool_versions,
 )
 
 #: Bumped by hand when the layout of guest.json or the cache changes incompatibly.
@@ -246,17 +247,6 @@ def _mirror_and_release() -> tuple[str, Path]:
     raise GuestBuildError(f"apt has no Debian {SUITE} main source with fetched lists (see /etc/apt/sources.list*)")
 
 
-def _host_tool_versions() -> dict[str, str]:
-    out = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *HOST_PACKAGES],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        check=False,
-    ).stdout
-    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
-
-
 def recipe_sha256() -> str:
     """Hash of the code that shapes the image: this module and the disk writer."""
     h = hashlib.sha256(f"cloudinit-recipe-version {RECIPE_VERSION}\n".encode())
@@ -271,7 +261,7 @@ def _key(mirror: str, release: Path) -> str:
         "mirror": mirror,
         "release": file_sha256(release),
         "packages": list(PACKAGES),
-        "host_tools": _host_tool_versions(),
+        "host_tools": host_tool_versions(HOST_PACKAGES),
         "recipe": recipe_sha256(),
         "cmdline": KERNEL_CMDLINE,
         "cloud_cfg": CLOUD_CFG,
