@@ -58,6 +58,8 @@ CreateFaultHook = Callable[[Mapping[str, Any], "Driver"], None]
 InstanceHook = Callable[[Mapping[str, Any], "Driver", str], None]
 #: ``(settings, driver, node, down) -> None``.
 NodeHook = Callable[[Mapping[str, Any], "Driver", str, bool], None]
+#: ``(settings, driver, instance_id) -> user data or None``.
+UserDataHook = Callable[[Mapping[str, Any], "Driver", str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,12 @@ class EndpointHooks:
     fail_node: NodeHook | None = None
     """Mark a node down (``down=True``) or up again, as a dead host would be seen by the
     backend, so that evacuation is exercised from a failed node."""
+    read_user_data: UserDataHook | None = None
+    """The user data exactly as a guest of this instance would read it from its carrier,
+    read from the peer itself and not through the driver under test: guestinfo keys decoded
+    by their ``.encoding``, the seed or config drive on the host, the manager's cloud-init
+    field. None when the instance has no carrier. This is how an endpoint on which no guest
+    boots still shows that user data arrives where a guest looks for it."""
 
 
 @dataclass(frozen=True)
@@ -120,3 +128,7 @@ class EmbeddedEndpoint:
     #: Seconds a guest on this peer may take from its start until it has read its user data and
     #: reported its addresses: minutes for a real OS under emulation, a blink for a simulated one.
     guest_boot_timeout: float = 180.0
+    #: How this endpoint earns a capability's cell when the behaviour is simulated rather than
+    #: shown by a guest or a product ("addresses are set by the launcher at power-on, as
+    #: VMware Tools would report them"): shown on that cell in every matrix rendering.
+    notes: Mapping[Capability, str] = field(default_factory=dict)

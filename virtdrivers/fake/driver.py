@@ -118,6 +118,12 @@ def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: boo
     driver.fail_node(node, down)
 
 
+def _read_user_data(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> str | None:
+    if not isinstance(driver, FakeDriver):
+        raise TypeError(f"the fake endpoint's hooks drive a FakeDriver, not {type(driver).__name__}")
+    return driver.carrier_user_data(instance_id)
+
+
 class FakeDriver(Driver):
     """A complete in-memory hypervisor with two nodes in one aggregate."""
 
@@ -136,7 +142,12 @@ class FakeDriver(Driver):
                 _memory_endpoint,
                 evidence=Evidence.IN_MEMORY,
                 guest_boot_timeout=10.0,  # its simulated guests "boot" in guest_boot_delay_s
-                hooks=EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node),
+                hooks=EndpointHooks(
+                    fail_next_create=_fail_next_create,
+                    ignore_acpi=_ignore_acpi,
+                    fail_node=_fail_node,
+                    read_user_data=_read_user_data,
+                ),
             ),
         )
 
@@ -156,6 +167,11 @@ class FakeDriver(Driver):
         """Make an instance's guest ignore graceful shutdown, as a guest with no OS does."""
         with self._b.lock:
             self._get(instance_id, managed_only=False).acpi_deaf = deaf
+
+    def carrier_user_data(self, instance_id: str) -> str | None:
+        """What the simulated guest reads as its user data: the backend's record, not the driver's view."""
+        with self._b.lock:
+            return self._get(instance_id, managed_only=False).user_data
 
     def fail_node(self, node: str, down: bool = True) -> None:
         with self._b.lock:

@@ -80,6 +80,9 @@ class EndpointUnderTest:
     def ignore_acpi(self, driver: Driver, instance_id: str) -> None:
         self._need("ignore_acpi")(self.settings, driver, instance_id)
 
+    def read_user_data(self, driver: Driver, instance_id: str) -> str | None:
+        return self._need("read_user_data")(self.settings, driver, instance_id)  # type: ignore[no-any-return]
+
     def has_fail_node(self) -> bool:
         return self.hooks.fail_node is not None
 

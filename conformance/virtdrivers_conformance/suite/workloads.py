@@ -159,6 +159,22 @@ class TestWorkloads(DriverFixtures):
         assert marker in console, "the guest echoed the digest but not the marker line"
 
     @feature("user_data")
+    def test_user_data_reaches_the_guests_carrier(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
+        """Where no guest boots to echo it, the peer itself must hold the exact bytes a guest would read."""
+        if endpoint.hooks.read_user_data is None:
+            pytest.skip("the endpoint offers no read_user_data hook (EndpointHooks.read_user_data)")
+        user_data = f"#cloud-config\n# vd {uuid.uuid4().hex}\nruncmd:\n  - [echo, 'quotes \" < & ünïcode']\n"
+        image = {"image": image_for(driver).id} if driver.supports(Capability.IMAGES) else {}
+        plain = make_instance(start=False, disks=[], nics=self._nics(driver), **image)
+        assert endpoint.read_user_data(driver, plain.id) is None, "an instance created without user data has a carrier"
+        info = make_instance(
+            disks=[], nics=self._nics(driver), user_data={"user_data": user_data, "hostname": "vd-guest"}, **image
+        )
+        assert endpoint.read_user_data(driver, info.id) == user_data
+
+    @feature("user_data")
     def test_oversized_user_data_is_refused_up_front(self, driver: Driver) -> None:
         before = {i.id for i in driver.list_instances()}
         spec = {"name": unique_name(), "vcpus": 1, "memory_mb": 128, "user_data": {"user_data": "x" * (64 * 1024 + 1)}}
