@@ -551,3 +551,40 @@ def test_html_simulator_headers_name_the_simulator_and_what_it_imitates(matrix: 
     assert "imitating VMware vCenter Server 8.0.2 &lt;script&gt;alert(1)&lt;/script&gt; [bold red]" in vcsim
     qemu = page.split('data-column="libvirt@qemu"', 1)[1].split("</th>", 1)[0]
     assert "imitating" not in qemu, "a real backend imitates nothing"
+
+
+# --- evidence notes -----------------------------------------------------------------------------------------------
+
+
+def test_every_view_shows_the_evidence_note_of_a_simulated_cell(matrix: dict[str, Any]) -> None:
+    """A green cell earned against simulated behaviour must say so wherever the cell is shown."""
+    validate(matrix)
+    column, feature = sample.NOTED_CELL
+    title = next(f["title"] for f in matrix["features"] if f["id"] == feature)
+    md = render_markdown(matrix)
+    notes = md.split("## Evidence notes", 1)[1].split("## Failures", 1)[0]
+    assert f"- **{column} · {title}**: {escape(sample.NOTE)}" in notes
+    row = next(line for line in md.split("## Matrix", 1)[1].splitlines() if line.startswith(f"| {title}"))
+    assert row.count("†") == 1, "only the noted cell carries the mark"
+    text = render_text(matrix)
+    assert "Evidence notes" in text
+    assert "[bold red]x[/]" in text, "the note prints literally"
+    assert sample.NOTE.split(" | ")[0] in text
+    html = render_html(matrix)
+    assert "<script>alert" not in html
+    page = _parse(html)
+    shown = "".join(page.text)
+    assert f"Evidence note: {sample.NOTE}" in shown
+    titles = [a.get("title") or "" for _, a in page.tags]
+    assert any(t.endswith(f"(simulated: {sample.NOTE})") for t in titles)
+
+
+def test_a_matrix_without_notes_shows_no_notes_section(matrix: dict[str, Any]) -> None:
+    for cell in matrix["cells"]:
+        cell.pop("note", None)
+    for column in matrix["columns"]:
+        column.pop("notes", None)
+    validate(matrix)
+    assert "Evidence notes" not in render_markdown(matrix)
+    assert "Evidence notes" not in render_text(matrix)
+    assert "†" not in render_markdown(matrix)

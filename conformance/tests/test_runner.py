@@ -60,6 +60,24 @@ def test_build_matrix_is_valid_and_keeps_error_columns() -> None:
     assert [f["id"] for f in matrix["features"]] == list(FEATURES)
 
 
+def test_an_endpoints_evidence_notes_reach_exactly_their_cells() -> None:
+    note = "addresses set by the simulator at power-on, as a guest agent would report them"
+    report = {
+        "column": {"driver": "d", "endpoint": "e", "declared": ["guest_addresses"], "error": None},
+        "tests": [
+            {"id": "a", "feature": "guest_addresses", "outcome": "passed", "message": None, "duration_s": 0.1},
+            {"id": "b", "feature": "create", "outcome": "passed", "message": None, "duration_s": 0.1},
+        ],
+    }
+    report["column"]["notes"] = {"guest_addresses": note}
+    matrix = build_matrix([("d@e", report)])
+    validate(matrix)
+    cells = {c["feature"]: c for c in matrix["cells"]}
+    assert cells["guest_addresses"]["note"] == note
+    assert cells["create"]["note"] is None
+    assert matrix["columns"][0]["notes"] == {"guest_addresses": note}
+
+
 def test_default_targets_cover_the_fake_and_unknown_names() -> None:
     targets = default_targets(["fake", "no-such-driver"])
     assert [t.id for t in targets] == ["fake@memory", "no-such-driver@unknown"]

@@ -45,6 +45,7 @@ from virtdrivers import Driver
 from virtdrivers.endpoint import EndpointHooks, Evidence
 from virtdrivers.errors import redact
 from virtdrivers.loader import distribution_of
+from virtdrivers_conformance.features import FEATURES
 
 __all__ = [
     "DEFAULT_TEST_TIMEOUT",
@@ -307,6 +308,12 @@ class ConformanceSession:
             self.hooks = endpoint.hooks
             self.authenticates = endpoint.authenticates
             self.guest_boot_timeout = endpoint.guest_boot_timeout
+            self.column["notes"] = {
+                feat.id: note
+                for capability, note in endpoint.notes.items()
+                for feat in FEATURES.values()
+                if feat.capability == capability
+            }
             self.settings = dict(self.stack.enter_context(endpoint.start()))
             self.secrets.update(_secret_values(self.settings, secret_setting_names(self.cls, self.settings)))
         else:

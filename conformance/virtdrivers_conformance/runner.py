@@ -315,6 +315,11 @@ def run_target(
             tail = log.read_text()[-2000:] if log.exists() else ""
             column["error"] = f"suite did not report (exit {proc.returncode}): {tail}"
         result = {"column": column, "tests": output.tests}
+    if not result["column"].get("error") and not result.get("tests") and proc.returncode not in (0, 1):
+        # The suite itself did not load (a syntax or import error in it): a column of dashes would
+        # read as "nothing applies" when nothing was tried.
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        result["column"]["error"] = f"suite ran no test (pytest exit {proc.returncode}): {tail}"
     result = output.scrub_obj(result)
     report.write_text(json.dumps(result, indent=1))  # scrubbed, and also when the child could not write it
     result["column"].setdefault("endpoint", target.endpoint or "configured")
@@ -369,6 +374,7 @@ def _column(report: dict[str, Any], target_id: str) -> dict[str, Any]:
         # An error column may not know how real its peer is; a column that ran always does.
         "evidence": col.get("evidence") or (None if col.get("error") else Evidence.REAL.value),
         "imitates": col.get("imitates"),
+        "notes": dict(col.get("notes") or {}),
     }
 
 
@@ -399,6 +405,7 @@ def build_matrix(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any
                     "feature": feat.id,
                     "outcome": outcome,
                     "message": message,
+                    "note": column["notes"].get(feat.id),
                     "tests": [
                         {
                             "id": t["id"],

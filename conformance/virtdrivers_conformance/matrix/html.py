@@ -251,6 +251,8 @@ def _column_header(column: ColumnDict, contract: str) -> str:
 def _tooltip(cell: CellDict) -> str:
     o = OUTCOMES[cell["outcome"]]
     text = f"{o.label}: {cell['message']}" if cell["message"] else f"{o.label}: {o.description}"
+    if cell.get("note"):
+        text += f" (simulated: {cell.get('note')})"
     return text if len(text) <= _TITLE_LIMIT else text[:_TITLE_LIMIT] + "… (click for the full text)"
 
 
@@ -278,8 +280,9 @@ def _details(template_id: str, column: ColumnDict, feature: FeatureDict, cell: C
         f'<template id="{template_id}"><p>{_badge(o.id)}</p>'
         f'<p class="what">{_e(o.description)}</p>'
         f"<p>{_e(feature['doc'])} ({capability})</p>{message}"
-        f"<table><thead><tr><th>Test</th><th>Outcome</th><th>Took</th></tr></thead><tbody>{rows}</tbody></table>"
-        "</template>"
+        + (f'<p class="note">Evidence note: {_e(cell.get("note") or "")}</p>' if cell.get("note") else "")
+        + f"<table><thead><tr><th>Test</th><th>Outcome</th><th>Took</th></tr></thead><tbody>{rows}</tbody></table>"
+        + "</template>"
     )
 
 
@@ -299,7 +302,12 @@ def _cell(view: MatrixView, column: ColumnDict, feature: FeatureDict, templates:
         f'<td class="cell o-{o.id}" data-outcome="{o.id}" {hooks} title="{_e(_tooltip(cell))}">'
         f'<button type="button" data-details="{template_id}" data-heading="{_e(heading)}">'
         f'<span class="sym" aria-hidden="true">{o.symbol}</span><span class="label">{_e(o.label)}</span>'
-        "</button></td>"
+        + (
+            '<span class="noted" title="earned against simulated behaviour: see the note">†</span>'
+            if cell.get("note")
+            else ""
+        )
+        + "</button></td>"
     )
     return html, o.id in ATTENTION
 

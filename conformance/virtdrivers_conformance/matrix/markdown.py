@@ -51,7 +51,7 @@ def _cell(cell: CellDict | None, column: ColumnDict) -> str:
     if cell is None:
         return "—"
     outcome = OUTCOMES[cell["outcome"]]
-    return f"{outcome.symbol} {outcome.label}"
+    return f"{outcome.symbol} {outcome.label}" + (" †" if cell.get("note") else "")
 
 
 def _evidence(column: ColumnDict) -> str:
@@ -124,6 +124,16 @@ def _legend(view: MatrixView) -> list[str]:
     return lines
 
 
+def _notes(view: MatrixView) -> list[str]:
+    """Every cell a simulated behaviour earned, with how: a reader must not take it for the product's."""
+    noted = view.noted()
+    if not noted:
+        return []
+    lines = ["## Evidence notes", "", "† marks a cell earned against simulated behaviour; how, per cell:", ""]
+    lines += [f"- **{escape(c['id'])} · {escape(f['title'])}**: {escape(note)}" for c, f, note in noted]
+    return [*lines, ""]
+
+
 def _failures(view: MatrixView) -> list[str]:
     lines: list[str] = ["## Failures", ""]
     found = view.attention()
@@ -170,6 +180,7 @@ def render_markdown(matrix: dict[str, Any]) -> str:
         "",
         *_legend(view),
         "",
+        *_notes(view),
         *_failures(view),
     ]
     return "\n".join(lines).rstrip() + "\n"

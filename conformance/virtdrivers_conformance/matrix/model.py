@@ -63,6 +63,7 @@ class ColumnDict(TypedDict):
     error: str | None
     evidence: NotRequired[str | None]
     imitates: NotRequired[str | None]
+    notes: NotRequired[dict[str, str]]
 
 
 class TestDict(TypedDict):
@@ -78,6 +79,7 @@ class CellDict(TypedDict):
     outcome: str
     message: str | None
     tests: list[TestDict]
+    note: NotRequired[str | None]
 
 
 class MatrixDict(TypedDict):
@@ -146,6 +148,19 @@ class MatrixView:
 
     def errored(self) -> list[ColumnDict]:
         return [c for c in self.columns if c["error"]]
+
+    def noted(self) -> list[tuple[ColumnDict, FeatureDict, str]]:
+        """Cells that carry an evidence note (a simulated behaviour earned them), in display order."""
+        features = self.features
+        order = [f["id"] for _, fs in self.grouped() for f in fs]
+        found: list[tuple[ColumnDict, FeatureDict, str]] = []
+        for column in self.columns:
+            for feature_id in order:
+                cell = self.cell(column["id"], feature_id)
+                note = cell.get("note") if cell is not None else None
+                if note:
+                    found.append((column, features[feature_id], note))
+        return found
 
 
 def backend_line(column: ColumnDict) -> str:

@@ -277,6 +277,18 @@ def evidence_legend() -> Table:
     return table
 
 
+def _notes(matrix: dict[str, Any], g: _Glyphs) -> Text | None:
+    """How each simulated behaviour earned its cell: a green cell from a simulator is not the product's."""
+    noted = MatrixView.of(matrix).noted()
+    if not noted:
+        return None
+    text = Text("Evidence notes (cells earned against simulated behaviour)\n", style="bold")
+    for column, feature, note in noted:
+        text.append(g.text(f"{column['id']} · {feature['title']}"), style="bold")
+        text.append(": " + g.text(note) + "\n")
+    return text
+
+
 def _errors(matrix: dict[str, Any], g: _Glyphs) -> Text | None:
     view = MatrixView.of(matrix)
     errored = view.errored()
@@ -309,4 +321,7 @@ def render_terminal(matrix: dict[str, Any], console: Console) -> None:
     errors = _errors(matrix, g)
     if errors is not None:
         parts += [Text(""), errors]
+    notes = _notes(matrix, g)
+    if notes is not None:
+        parts += [Text(""), notes]
     console.print(Group(*parts))
