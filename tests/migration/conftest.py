@@ -14,6 +14,7 @@ daemons, vcsim, the Hyper-V or oVirt simulators) means adding an entry whose
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import multiprocessing
 import os
 import shutil
@@ -339,6 +340,10 @@ class World:
         child.start()
         child.join(timeout=120)
         if child.exitcode is None:
+            # Where it hangs is the whole diagnosis: the child dumps every thread's stack on SIGUSR1.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid or 0, signal.SIGUSR1)
+            child.join(timeout=2)
             child.kill()
             child.join()
             pytest.fail(f"child running {migration_id} did not reach {crash} in 120 s")
@@ -372,6 +377,7 @@ def _killed_child(
     on_revert: Callable[[Driver], None] | None,
 ) -> None:
     try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         store = MigrationStore(world.db_url)
         driver = world.driver()
         orch: Orchestrator

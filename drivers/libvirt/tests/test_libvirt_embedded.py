@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +529,69 @@ def test_a_disk_detached_and_kept_is_never_reaped(driver: LibvirtDriver) -> None
     (kept,) = set(node.store.made()) - before
     assert driver.reap(dry_run=True, grace_s=0) == []
     node.store.delete(kept)
+
+
+def _in_forked_child(body: Callable[[], None], *, hold_loop_lock: bool = False) -> int:
+    """Run ``body`` in a forked child and return its exit code: 0 it returned, 1 it raised, 2 it hung."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread inside acquire() at the moment of the fork
+        with EventLoop._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    if hold_loop_lock:
+        holder.start()
+        held.wait(10)
+    pid = os.fork()
+    release.set()
+    if hold_loop_lock:
+        holder.join()
+    if pid == 0:  # the child reports by exit status only and never returns into pytest
+        status = 1
+        try:
+            signal.alarm(30)  # a deadlocked child must not outlive the test
+            body()
+            status = 0
+        except BaseException:
+            traceback.print_exc()  # reaches the test's captured output
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return 2
+    return os.waitstatus_to_exitcode(done[1])
+
+
+def test_a_driver_made_in_a_forked_child_runs_its_own_event_loop(test_settings: Mapping[str, Any]) -> None:
+    """Compute agents fork workers (multiprocessing, pre-fork servers). A child forked after the
+    parent's drivers closed runs a loop of its own, even if a parent thread held the loop's lock."""
+    with LibvirtDriver(test_settings) as parent, parent.subscribe(lambda _event: None):
+        assert EventLoop._thread is not None, "the parent's event loop runs while it has a subscriber"
+    assert EventLoop._thread is None, "the loop stops with its last user"
+
+    def child() -> None:
+        got: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
+        with LibvirtDriver(test_settings) as driver, driver.subscribe(got.put):
+            info = driver.create({"name": f"forked-{uuid.uuid4().hex[:8]}", **SMALL, "start": False})
+            while got.get(timeout=20).instance_id != info.id:
+                pass
+            driver.destroy(info.id)
+
+    assert _in_forked_child(child, hold_loop_lock=True) == 0, "the forked child's driver got no event"
+
+
+def test_a_child_forked_while_the_loop_runs_gets_a_typed_error_not_a_hang(test_settings: Mapping[str, Any]) -> None:
+    """libvirt's loop cannot run again in such a child (its owner thread is gone): say so at once."""
+
+    def child() -> None:
+        with pytest.raises(DriverError, match="forked while its parent ran libvirt's event loop"):
+            LibvirtDriver(test_settings).connect()
+
+    with LibvirtDriver(test_settings) as parent, parent.subscribe(lambda _event: None):
+        assert _in_forked_child(child) == 0

@@ -64,10 +64,19 @@ class EventLoop:
     _registered = False
     _thread: threading.Thread | None = None
     _stop = threading.Event()
+    #: Set in a child forked while the parent's loop ran: libvirt's loop (GLib's default main
+    #: context) stays owned by a thread the child does not have, so every iteration would block.
+    _forked_while_running = False
 
     @classmethod
     def acquire(cls) -> None:
         lv = _libvirt()
+        if cls._forked_while_running:
+            raise DriverError(
+                "libvirt: this process was forked while its parent ran libvirt's event loop, which cannot run"
+                " again in the child; start workers with the 'spawn' or 'forkserver' method, or fork before"
+                " any libvirt driver connects (or after every one has closed)"
+            )
         with cls._lock:
             if not cls._registered:
                 # Errors become exceptions; without this libvirt also prints each one to stderr.
@@ -98,6 +107,16 @@ class EventLoop:
 
             lv.virEventAddTimeout(0, wake, None)
         thread.join(timeout=5)
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # The child has no loop thread, and a lock some parent thread held at the fork would stay
+        # held forever: start from nothing, so a driver made in a forked worker runs its own loop.
+        cls._forked_while_running = cls._forked_while_running or cls._thread is not None
+        cls._lock = threading.Lock()
+        cls._users = 0
+        cls._thread = None
+        cls._stop = threading.Event()
 
     @staticmethod
     def _run(stop: threading.Event) -> None:
@@ -147,6 +166,14 @@ class ChildReaper:
             ctypes.CDLL(None, use_errno=True).prctl(cls._PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         thread.join(timeout=5)
 
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # Same reasoning as EventLoop's; the subreaper attribute is not inherited across fork either.
+        cls._lock = threading.Lock()
+        cls._users = 0
+        cls._thread = None
+        cls._stop = threading.Event()
+
     @staticmethod
     def _children() -> list[int]:
         pids: list[int] = []
@@ -185,6 +212,14 @@ class ChildReaper:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
                     del first_seen[pid]
+
+
+def _after_fork_in_child() -> None:
+    EventLoop._after_fork_in_child()
+    ChildReaper._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EmbedKeeper:
