@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import multiprocessing
 import os
 import shutil
@@ -61,6 +62,9 @@ class Backend:
     shared: bool = False
     """Start the endpoint once per session (real daemons, simulators); tests keep apart by instance name."""
     smoke: tuple[tuple[str, str], ...] | None = None
+    forkable: bool = True
+    """Whether a child forked from the test process can drive it: libvirt's event loop cannot run
+    again in a child forked while it ran, so libvirt's kill children are new interpreters."""
     """Boundaries run by default; the rest of the matrix is marked slow. None runs all by default."""
 
     def connect(self, settings: Mapping[str, Any]) -> Driver:
@@ -156,6 +160,7 @@ def _real_backends() -> list[Backend]:
                 fail_node=FAIL_NODE.get(driver),
                 shared=True,
                 smoke=REAL_SMOKE,
+                forkable=driver != "libvirt",
             )
         )
     return found
@@ -334,6 +339,10 @@ class World:
         With ``revert_at`` the child asks for a revert at that boundary (after calling
         ``on_revert`` with its driver, to change the world the revert meets).
         """
+        if not self.backend.forkable:
+            assert on_revert is None, "a new-interpreter child cannot take a callable"
+            self._kill_in_new_interpreter(migration_id, crash, revert_at)
+            return
         self.store.engine.dispose()  # no pooled connection may cross the fork
         ctx = multiprocessing.get_context("fork")
         child = ctx.Process(target=_killed_child, args=(self, migration_id, crash, revert_at, on_revert))
@@ -349,6 +358,28 @@ class World:
             pytest.fail(f"child running {migration_id} did not reach {crash} in 120 s")
         assert child.exitcode == -signal.SIGKILL, (
             f"child should have died by SIGKILL at {crash[0]}:{crash[1]}, exited {child.exitcode}"
+        )
+
+    def _kill_in_new_interpreter(
+        self, migration_id: str, crash: tuple[str, str], revert_at: tuple[str, str] | None
+    ) -> None:
+        args = ["--db", self.db_url, "--driver", self.backend.driver, "--migration", migration_id]
+        args += ["--unavailable", ",".join(c.value for c in self.backend.unavailable)]
+        if revert_at is not None:
+            args += ["--revert-at", ":".join(revert_at)]
+        child = spawn_child(*args, "kill", ":".join(crash))
+        settings = json.dumps(self.settings) + "\n"  # secrets on a pipe, not on the command line
+        try:
+            _out, err = child.communicate(settings, timeout=120)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # its stacks: where it hangs is the whole diagnosis
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=2)
+            child.kill()
+            _out, err = child.communicate()
+            pytest.fail(f"child running {migration_id} did not reach {crash} in 120 s:\n{err}")
+        assert child.returncode == -signal.SIGKILL, (
+            f"child should have died by SIGKILL at {crash[0]}:{crash[1]}, exited {child.returncode}:\n{err}"
         )
 
     def close(self) -> None:

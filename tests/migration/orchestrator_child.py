@@ -11,6 +11,13 @@ unfinished migration of its endpoint that no peer holds, until none is left.
 ``{"op": "target", "name": ...}``, ``{"op": "crash_run", "id": ..., "at": "step:phase"}``,
 ``{"op": "quit"}``.
 
+    orchestrator_child.py --db URL --driver NAME [--unavailable CAP,...] kill STEP:PHASE [--revert-at STEP:PHASE]
+
+``kill`` reads the driver's settings as one JSON line on stdin, runs ``--migration`` and SIGKILLs
+itself at STEP:PHASE (after asking for a revert at ``--revert-at``): the kill tests' child for
+backends that cannot be forked from the test process (libvirt's event loop cannot run again in a
+child forked while it ran). SIGUSR1 dumps every thread's stack, for a child that hangs.
+
 ``--old`` makes this process an orchestrator of an older virtdrivers release, whose
 MigrationSpec is still at 1.0 (without ``allow_cold_fallback``): the class is
 replaced before anything uses it, as a mixed-version fleet would have it.
@@ -19,6 +26,7 @@ replaced before anything uses it, as a mixed-version fleet would have it.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -29,8 +37,10 @@ from typing import Any
 from pydantic import Field
 
 import virtdrivers.migration.objects as migration_objects
+from virtdrivers.capabilities import Capability
 from virtdrivers.errors import DriverError
 from virtdrivers.fake import FakeDriver
+from virtdrivers.loader import driver_class
 from virtdrivers.migration import ACTIVE, MigrationBusy, MigrationStore, Orchestrator
 from virtdrivers.migration.objects import MigrationKind
 from virtdrivers.objects import VersionedObject
@@ -108,14 +118,45 @@ def _serve(orch: Orchestrator) -> None:
         print(json.dumps(reply), flush=True)
 
 
+def _kill(args: argparse.Namespace) -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    settings = json.loads(sys.stdin.readline())
+    crash = tuple(args.crash.split(":"))
+    revert_at = tuple(args.revert_at.split(":")) if args.revert_at else None
+    store = MigrationStore(args.db)
+    driver = driver_class(args.driver)(**settings)
+    driver.connect()
+    driver.narrow_capabilities(frozenset(Capability(c) for c in args.unavailable.split(",") if c))
+    orch: Orchestrator
+
+    def hook(mid: str, step: str, phase: str) -> None:
+        if revert_at == (step, phase):
+            orch.revert(mid)
+        if crash == (step, phase):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    orch = Orchestrator(store, driver, lease_seconds=60.0, on_boundary=hook)
+    orch.open()
+    orch.run(args.migration)
+    sys.exit(3)  # finished without reaching the crash point
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", required=True)
-    parser.add_argument("--state-file", required=True)
+    parser.add_argument("--state-file")
     parser.add_argument("--old", action="store_true")
     parser.add_argument("--lease", type=float, default=30.0)
-    parser.add_argument("command", choices=["compete", "serve"])
+    parser.add_argument("--driver", default="fake")
+    parser.add_argument("--unavailable", default="")
+    parser.add_argument("--migration")
+    parser.add_argument("--revert-at")
+    parser.add_argument("command", choices=["compete", "serve", "kill"])
+    parser.add_argument("crash", nargs="?")
     args = parser.parse_args()
+    if args.command == "kill":
+        _kill(args)
+        return
     if args.old:
         _install_old_spec()
     store = MigrationStore(args.db)

@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -570,14 +571,28 @@ def _in_forked_child(body: Callable[[], None], *, hold_loop_lock: bool = False) 
 
 def test_a_driver_made_in_a_forked_child_runs_its_own_event_loop(test_settings: Mapping[str, Any]) -> None:
     """Compute agents fork workers (multiprocessing, pre-fork servers). A child forked after the
-    parent's drivers closed runs a loop of its own, even if a parent thread held the loop's lock."""
-    with LibvirtDriver(test_settings) as parent, parent.subscribe(lambda _event: None):
+    parent's drivers closed runs a loop of its own, even if a parent thread held the loop's lock.
+
+    Run in a fresh interpreter: this one may hold the loop for good (an embedded QEMU URI does).
+    """
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_libvirt_embedded as t
+t._forked_child_after_close({dict(test_settings)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _forked_child_after_close(settings: Mapping[str, Any]) -> None:
+    with LibvirtDriver(settings) as parent, parent.subscribe(lambda _event: None):
         assert EventLoop._thread is not None, "the parent's event loop runs while it has a subscriber"
     assert EventLoop._thread is None, "the loop stops with its last user"
 
     def child() -> None:
         got: queue.SimpleQueue[LifecycleEvent] = queue.SimpleQueue()
-        with LibvirtDriver(test_settings) as driver, driver.subscribe(got.put):
+        with LibvirtDriver(settings) as driver, driver.subscribe(got.put):
             info = driver.create({"name": f"forked-{uuid.uuid4().hex[:8]}", **SMALL, "start": False})
             while got.get(timeout=20).instance_id != info.id:
                 pass

@@ -56,7 +56,26 @@ def _libvirt() -> Any:
     return libvirt
 
 
-class EventLoop:
+class _ProcessThread:
+    """A thread shared by the whole process, run while anyone holds a reference to it."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _thread: threading.Thread | None = None
+    _stop = threading.Event()
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # A forked child has none of its parent's threads, and a lock a parent thread held at the
+        # fork would stay held forever: start from nothing, so the child runs a thread of its own.
+        # (The subreaper attribute is not inherited across fork either.)
+        cls._lock = threading.Lock()
+        cls._users = 0
+        cls._thread = None
+        cls._stop = threading.Event()
+
+
+class EventLoop(_ProcessThread):
     """libvirt's default event loop, run by one thread while anyone holds a reference."""
 
     _lock = threading.Lock()
@@ -110,13 +129,8 @@ class EventLoop:
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
-        # The child has no loop thread, and a lock some parent thread held at the fork would stay
-        # held forever: start from nothing, so a driver made in a forked worker runs its own loop.
         cls._forked_while_running = cls._forked_while_running or cls._thread is not None
-        cls._lock = threading.Lock()
-        cls._users = 0
-        cls._thread = None
-        cls._stop = threading.Event()
+        super()._after_fork_in_child()
 
     @staticmethod
     def _run(stop: threading.Event) -> None:
@@ -126,7 +140,7 @@ class EventLoop:
                 log.warning("libvirt event loop iteration failed")
 
 
-class ChildReaper:
+class ChildReaper(_ProcessThread):
     """Makes this process the subreaper of the QEMU processes it starts, and reaps them.
 
     Our process then has two kinds of QEMU children: orphaned guests (nobody will wait for
@@ -165,14 +179,6 @@ class ChildReaper:
             cls._stop.set()
             ctypes.CDLL(None, use_errno=True).prctl(cls._PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         thread.join(timeout=5)
-
-    @classmethod
-    def _after_fork_in_child(cls) -> None:
-        # Same reasoning as EventLoop's; the subreaper attribute is not inherited across fork either.
-        cls._lock = threading.Lock()
-        cls._users = 0
-        cls._thread = None
-        cls._stop = threading.Event()
 
     @staticmethod
     def _children() -> list[int]:
