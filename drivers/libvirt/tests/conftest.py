@@ -1,11 +1,30 @@
-"""Fixtures for the libvirt backend's tests: the two embedded endpoints and drivers on them."""
+"""Fixtures for the libvirt backend's tests: the two embedded endpoints and drivers on them.
+
+Also makes ``plain_qemu.py`` beside it importable as ``plain_qemu`` (the tree runs under
+``--import-mode=importlib``, which does not put this directory on ``sys.path``).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+if "plain_qemu" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("plain_qemu", Path(__file__).with_name("plain_qemu.py"))
+    assert _spec is not None
+    assert _spec.loader is not None
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["plain_qemu"] = _module
+    _spec.loader.exec_module(_module)
+
+from plain_qemu import Guest
 
 from virtdrivers_libvirt.driver import LibvirtDriver
 
@@ -47,3 +66,22 @@ def qemu(qemu_settings: Mapping[str, Any]) -> Iterator[LibvirtDriver]:
         yield d
         for info in d.list_instances():
             d.destroy(info.id)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """UNIX socket paths must fit in 108 bytes; pytest's tmp_path can be longer."""
+    d = Path(tempfile.mkdtemp(prefix="vdg-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def guests() -> Iterator[list[Guest]]:
+    """Plain-QEMU guests a test started: each is killed by its PID when the test ends."""
+    started: list[Guest] = []
+    yield started
+    for g in started:
+        g.kill()

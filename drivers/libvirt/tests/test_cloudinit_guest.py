@@ -18,17 +18,15 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from plain_qemu import QEMU, Guest  # registered by conftest.py
 
 from virtdrivers_libvirt.guest import build, file_sha256, make_seed
 from virtdrivers_libvirt.guest.cloudinit import (
@@ -38,7 +36,6 @@ from virtdrivers_libvirt.guest.cloudinit import (
     prune_cloudinit,
 )
 
-QEMU = "qemu-system-x86_64"
 MAC = "52:54:00:12:34:57"
 MEMORY_MIB = 256
 BOOT_DEADLINE = 240.0  # measured ~30-40 s on 2 shared cores; generous for a loaded CI machine
@@ -67,189 +64,6 @@ def image() -> CloudInitGuestImage:
     return img
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """UNIX socket paths must fit in 108 bytes; pytest's tmp_path can be longer."""
-    d = Path(tempfile.mkdtemp(prefix="vdci-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-class _JsonSocket:
-    """One JSON message per line over a UNIX socket: enough of QMP and the agent protocol."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except OSError:
-            self.sock.close()
-            raise
-        self.buf = b""
-
-    def call(self, command: str, **arguments: Any) -> Any:
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        self.send(msg)
-        while True:
-            reply = self.recv()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise RuntimeError(f"{command}: {reply['error']}")
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-
-    def recv(self) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("socket closed")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        try:
-            msg: dict[str, Any] = json.loads(line.lstrip(b"\xff"))  # 0xFF: guest-sync-delimited sentinel
-        except ValueError:
-            return self.recv()
-        return msg
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _agent(path: Path) -> _JsonSocket:
-    """A synchronised agent connection: stale replies (the agent starting late, an earlier
-    client) are skipped up to our own sync token."""
-    agent = _JsonSocket(path, timeout=3.0)
-    try:
-        token = secrets.randbelow(1 << 30)
-        agent.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
-        while agent.recv().get("return") != token:
-            pass
-    except BaseException:
-        agent.close()
-        raise
-    return agent
-
-
-class Guest:
-    """One QEMU process on an overlay of the base image; killed by PID when the test ends."""
-
-    def __init__(self, base: CloudInitGuestImage, workdir: Path, seed: Path) -> None:
-        self.dir = workdir
-        self.console = workdir / "console.log"
-        self.qga = workdir / "qga.sock"
-        self.qmp = workdir / "qmp.sock"
-        overlay = workdir / "overlay.qcow2"
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", str(base.path), str(overlay)],
-            check=True,
-            timeout=30,
-        )
-        argv = [
-            QEMU,
-            "-machine", "pc",
-            "-accel", "tcg,tb-size=64",  # the default 1 GiB translation cache slows resets, inflates RSS
-            "-m", str(MEMORY_MIB),
-            "-nodefaults", "-no-user-config", "-display", "none",
-            "-drive", f"file={overlay},format=qcow2,if=virtio",
-            "-drive", f"file={seed},format=raw,if=virtio,readonly=on",
-            "-netdev", "user,id=n0",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-            "-device", "virtio-serial",
-            "-chardev", f"socket,id=qga,path={self.qga},server=on,wait=off",
-            "-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
-            "-serial", f"file:{self.console}",
-            "-qmp", f"unix:{self.qmp},server=on,wait=off",
-            "-no-reboot",  # a guest reboot or kernel panic (panic=5) ends QEMU instead of looping
-        ]  # fmt: skip
-        self.started = time.monotonic()
-        with open(workdir / "qemu.err", "wb") as err:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-
-    def log(self) -> str:
-        try:
-            return self.console.read_text(errors="replace").replace("\r", "")
-        except FileNotFoundError:
-            return ""
-
-    def wait_console(self, pattern: re.Pattern[str], deadline: float) -> tuple[float, str]:
-        """Seconds since QEMU started when ``pattern`` matched a console line, and the line."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for line in self.log().splitlines():
-                if pattern.search(line):
-                    return time.monotonic() - self.started, line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        err = (self.dir / "qemu.err").read_text(errors="replace")
-        pytest.fail(f"{pattern.pattern!r} not on the console (QEMU rc={self.proc.poll()}):\n{self.log()}\n{err}")
-
-    def agent(self, deadline: float) -> _JsonSocket:
-        end = time.monotonic() + deadline
-        while True:
-            try:
-                return _agent(self.qga)
-            except (OSError, ConnectionError):
-                if time.monotonic() > end or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.5)
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def power_down(self, deadline: float) -> float | None:
-        """ACPI power button, pressed every :data:`PRESS_INTERVAL` until QEMU exits or ``deadline``."""
-        pressed = time.monotonic()
-        qmp = _JsonSocket(self.qmp, timeout=10.0)
-        try:
-            assert "QMP" in qmp.recv()
-            qmp.call("qmp_capabilities")
-            while time.monotonic() - pressed < deadline:
-                with contextlib.suppress(OSError, ConnectionError, RuntimeError):
-                    qmp.call("system_powerdown")
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=PRESS_INTERVAL)
-                    return time.monotonic() - pressed
-        finally:
-            qmp.close()
-        return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, 9)
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def guests() -> Iterator[list[Guest]]:
-    started: list[Guest] = []
-    yield started
-    for g in started:
-        g.kill()
-
-
-def _nic_with(agent: _JsonSocket, address: str, deadline: float) -> dict[str, Any]:
-    end = time.monotonic() + deadline
-    while True:
-        for nic in agent.call("guest-network-get-interfaces"):
-            if address in {a["ip-address"] for a in nic.get("ip-addresses", [])}:
-                found: dict[str, Any] = nic
-                return found
-        if time.monotonic() > end:
-            pytest.fail(f"{address} never showed up in guest-network-get-interfaces")
-        time.sleep(0.5)
-
-
 @pytest.mark.slow
 def test_cloud_init_runs_our_user_data_agent_reports_address_acpi_powers_off(
     image: CloudInitGuestImage, short_dir: Path, guests: list[Guest]
@@ -264,27 +78,27 @@ def test_cloud_init_runs_our_user_data_agent_reports_address_acpi_powers_off(
     # The shell computes the marker, so the console line cannot be an echo of the user data itself.
     user_data = f'#cloud-config\nruncmd:\n  - [sh, -c, "echo VD-RUNCMD-$((6*7))-{token} > /dev/ttyS0"]\n'
     seed = make_seed(short_dir, user_data, {"instance-id": f"iid-{token}", "local-hostname": hostname})
-    guest = Guest(image, short_dir, seed)
+    guest = Guest(image.path, image.format, short_dir, seed, memory_mib=MEMORY_MIB, mac=MAC)
     guests.append(guest)
 
     # The agent first: it answers (udev starts it when its port appears) before cloud-init's
     # last stage, so polling it first measures both times instead of the later one twice.
     with contextlib.closing(guest.agent(AGENT_DEADLINE)) as agent:
         assert agent.call("guest-ping") == {}
-        nic = _nic_with(agent, "10.0.2.15", AGENT_DEADLINE)
+        nic = agent.interfaces_with("10.0.2.15", AGENT_DEADLINE)
         t_address = time.monotonic() - guest.started
         assert nic["hardware-address"] == MAC
         assert {"ip-address": "10.0.2.15", "ip-address-type": "ipv4", "prefix": 24} in nic["ip-addresses"]
 
-    t_marker, _ = guest.wait_console(re.compile(rf"^VD-RUNCMD-42-{token}$"), BOOT_DEADLINE)
-    t_finished, finished = guest.wait_console(FINISHED, BOOT_DEADLINE)
+    t_marker, _ = guest.wait_line(re.compile(rf"^VD-RUNCMD-42-{token}$"), BOOT_DEADLINE)
+    t_finished, finished = guest.wait_line(FINISHED, BOOT_DEADLINE)
     assert "/dev/vdb" in finished, f"cloud-init did not take the seed disk: {finished}"
     with contextlib.closing(guest.agent(AGENT_DEADLINE)) as agent:
         assert agent.call("guest-get-host-name")["host-name"] == hostname  # cloud-init read meta-data
     rss = guest.rss_mib()
     uptime = finished.rsplit("Up ", 1)[-1].strip()
 
-    t_off = guest.power_down(POWERDOWN_DEADLINE)
+    t_off = guest.power_down(POWERDOWN_DEADLINE, press_every=PRESS_INTERVAL)
     assert t_off is not None, f"no power-off within {POWERDOWN_DEADLINE} s of ACPI presses:\n{guest.log()}"
     assert guest.proc.returncode == 0
     assert file_sha256(image.path) == base_hash, "the guest wrote to its base image"
