@@ -127,8 +127,15 @@ class TestWorkloads(DriverFixtures):
         assert {i.id for i in driver.list_instances()} == before
 
     @feature("nic_hotplug")
-    def test_attach_and_detach_a_nic_on_a_running_instance(self, driver: Driver, make_instance: MakeInstance) -> None:
-        info = make_instance(disks=[], nics=self._nics(driver))
+    def test_attach_and_detach_a_nic_on_a_running_instance(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
+        # PCI hot-unplug is a request the guest OS grants: where there is an image, boot it and
+        # let it come up (report an address) before asking it to give the NIC back.
+        image = {"image": image_for(driver).id} if driver.supports(Capability.IMAGES) else {}
+        info = make_instance(disks=[], nics=self._nics(driver), **image)
+        if image and driver.supports(Capability.GUEST_ADDRESSES):
+            wait_for("the guest up", endpoint.guest_boot_timeout, lambda: driver.guest_addresses(info.id))
         net = driver.list_networks()[0]
         nic = driver.attach_nic(info.id, NicSpec(network=net.id))
         got = agreed(driver, info.id)

@@ -96,12 +96,14 @@ class LibvirtDriver(LibvirtWorkloads):
             Capability.IMAGE_COPY,
             Capability.IMAGE_UPLOAD,
             Capability.NETWORKS,
+            Capability.NIC_HOTPLUG,
             Capability.USER_DATA,
             Capability.GUEST_ADDRESSES,
             Capability.CONSOLE_OUTPUT,
             Capability.METRICS,
-            # Not NIC_HOTPLUG: PCI hot-unplug of a NIC waits for the guest OS, and blank guests
-            # have none. Not CONSOLE_CONNECT: the guests have no graphics or TCP console.
+            # NIC_HOTPLUG: PCI hot-unplug of a NIC from a running guest waits for its OS to eject
+            # the device (a blank guest never does: detach then times out, typed).
+            # Not CONSOLE_CONNECT: the guests have no graphics or TCP console.
         }
     )
     settings_model = LibvirtSettings

@@ -357,6 +357,7 @@ ENDPOINTS = (
                 Capability.IMAGE_COW,
                 Capability.IMAGE_COPY,
                 Capability.IMAGE_UPLOAD,
+                Capability.NIC_HOTPLUG,
                 Capability.USER_DATA,
                 Capability.GUEST_ADDRESSES,
                 Capability.CONSOLE_OUTPUT,

@@ -300,6 +300,10 @@ def nic_element(nic: NicRecord) -> ET.Element:
     return el
 
 
+def nic_xml(nic: NicRecord) -> str:
+    return _tostring(nic_element(nic))
+
+
 def seed_element(path: str) -> ET.Element:
     """The NoCloud seed: a read-only virtio disk (the cloud kernel has no AHCI, so no SATA cdrom)."""
     el = ET.Element("disk", {"type": "file", "device": "disk"})

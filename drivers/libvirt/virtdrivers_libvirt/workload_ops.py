@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from virtdrivers.errors import (
     InvalidSpec,
     NotFound,
     NotSupported,
+    Timeout,
 )
 from virtdrivers.objects import (
     GuestAddress,
@@ -25,6 +27,8 @@ from virtdrivers.objects import (
     ImageMode,
     InstanceMetrics,
     Network,
+    NicInfo,
+    NicSpec,
     PowerState,
 )
 from virtdrivers_libvirt import guest_io, mapping, network
@@ -34,6 +38,8 @@ from virtdrivers_libvirt.storage import MADE_PREFIX, DirStore
 
 log = logging.getLogger(__name__)
 
+# libvirt constants used here, so the module imports without the SDK.
+_AFFECT_LIVE, _AFFECT_CONFIG = 1, 2
 #: sun_path holds 108 bytes with the terminating NUL.
 _SUN_PATH_MAX = 107
 
@@ -120,6 +126,58 @@ class LibvirtWorkloads(LibvirtBase):
 
     def list_networks(self) -> list[Network]:
         return self._networks(self._primary)
+
+    def attach_nic(self, instance_id: str, nic: NicSpec) -> NicInfo:
+        """Hot-plugs into a running guest (no guest help needed to add a PCI device); a stopped
+        one gets it in its definition. Refused before any change when the network is unknown or
+        the MAC is taken."""
+        node, dom, record = self._managed(instance_id)
+        if self._domain_type_for(node) == "test":
+            raise NotSupported("libvirt's test driver cannot hot-plug devices")
+        record = self._record(node, dom, fresh=True)
+        new = self._resolve_nics(node, [nic], "nic", {n.mac for n in record.nics})[0]
+        flags = _AFFECT_CONFIG | (_AFFECT_LIVE if self._active(node, dom) else 0)
+        node.session.call(lambda _c: dom.attachDeviceFlags(mapping.nic_xml(new), flags), ref=instance_id)
+        with self._lock:
+            self._records.pop(record.uuid, None)
+        return new.info()
+
+    def detach_nic(self, instance_id: str, nic_id: str) -> None:
+        """From a running guest, returns once the guest has let the device go (PCI hot-unplug
+        needs the guest OS to eject it); a guest that does not within :attr:`nic_unplug_timeout`
+        gets :class:`Timeout`, its definition already without the NIC (gone at the next start)."""
+        node, dom, record = self._managed(instance_id)
+        if self._domain_type_for(node) == "test":
+            raise NotSupported("libvirt's test driver cannot hot-unplug devices")
+        record = self._record(node, dom, fresh=True)
+        found = [n for n in record.nics if n.mac == nic_id.lower()]
+        if not found:
+            raise NotFound(f"NIC {nic_id!r} not attached to {record.name!r}")
+        live = self._active(node, dom)
+        flags = _AFFECT_CONFIG | (_AFFECT_LIVE if live else 0)
+        try:
+            node.session.call(lambda _c: dom.detachDeviceFlags(mapping.nic_xml(found[0]), flags), ref=instance_id)
+        finally:
+            with self._lock:
+                self._records.pop(record.uuid, None)
+        if live and not self._wait_unplugged(node, dom, found[0].mac):
+            raise Timeout(
+                f"the guest of {record.name!r} did not release NIC {found[0].mac} within"
+                f" {self.nic_unplug_timeout:g} s; it is out of the definition and goes at the next start"
+            )
+
+    #: Seconds a running guest may take to eject a NIC (ACPI hot-unplug) before detach gives up.
+    nic_unplug_timeout: float = 30.0
+
+    def _wait_unplugged(self, node: _Node, dom: Any, mac: str) -> bool:
+        deadline = time.monotonic() + self.nic_unplug_timeout
+        while True:
+            live = mapping.parse_domain_xml(node.session.call(lambda _c: dom.XMLDesc(0), ref=dom.UUIDString()))
+            if mac not in {n.mac for n in live.nics}:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
     def _guest_side(self, instance_id: str, what: str) -> tuple[_Node, Any]:
         """The domain, where it runs a real guest to ask: libvirt's test driver runs none, so
