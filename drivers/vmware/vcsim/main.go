@@ -10,6 +10,11 @@
 // user and password), which the conformance suite's endpoint hooks use to make
 // the simulator misbehave the way a vCenter can: a task that fails after it made
 // its VM, a guest that ignores ShutdownGuest, a cluster whose hosts stop responding.
+//
+// Workloads (see guest.go): cloning keeps the source's devices intact (vcsim 0.24 hands the
+// source's own device objects to the clone), a powered-on VM's NICs get addresses in
+// guest.net as VMware Tools would report them (no guest runs: simulated), and
+// AcquireTicket("webmks") answers with a one-time ticket for a WebSocket at /ticket/.
 package main
 
 import (
@@ -70,6 +75,7 @@ func main() {
 	quiet := flag.Bool("quiet", true, "discard the simulator's own log")
 	markManaged := flag.String("mark", "", "extraConfig key set to \"true\" on every model VM (for example virtdrivers.managed)")
 	idle := flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (0: never), as vCenter does after 30 minutes")
+	webmks := flag.Bool("webmks", true, "answer AcquireTicket(\"webmks\") with a one-time console ticket (vcsim 0.24 answers MethodNotFound)")
 	paging := flag.Bool("paging", true, "honour RetrievePropertiesEx maxObjects with tokens, as vCenter does (vcsim 0.24 returns everything at once)")
 	flag.Parse()
 
@@ -120,6 +126,11 @@ func main() {
 			vm.Config.ExtraConfig = append(vm.Config.ExtraConfig, &types.OptionValue{Key: *markManaged, Value: "true"})
 		}
 	}
+	listUplinks()
+	// The model's VMs powered on at start (-autostart) show addresses as Tools would.
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		syncGuest(e.Reference().Value)
+	}
 	// vcsim 0.24 gives a snapshot a shallow copy of its VM's config: the device list shares
 	// its array with the VM's, so removing a disk later rewrites what older snapshots say
 	// they hold. vCenter's snapshot config never changes; copy it when the snapshot is made.
@@ -134,9 +145,10 @@ func main() {
 	// The fault knobs: registered on the service's mux before NewServer adds vcsim's own
 	// handlers. Host-specific patterns take precedence over vcsim's "/sdk", so SOAP calls
 	// to 127.0.0.1 pass through the knobs first and on to vcsim unchanged unless one is armed.
-	knobs := &faultKnobs{svc: model.Service, user: *user, password: *password, deaf: map[string]bool{}, failNext: map[string]string{}}
+	knobs := &faultKnobs{svc: model.Service, webmks: *webmks, user: *user, password: *password, deaf: map[string]bool{}, failNext: map[string]string{}}
 	model.Service.ServeMux = http.NewServeMux()
 	model.Service.ServeMux.HandleFunc("/vdvcsim/faults", knobs.serveFaults)
+	model.Service.ServeMux.HandleFunc("/ticket/", tickets.serveConsole)
 	model.Service.ServeMux.HandleFunc("127.0.0.1/sdk", knobs.serveSDK)
 	model.Service.ServeMux.HandleFunc("localhost/sdk", knobs.serveSDK)
 
@@ -155,6 +167,7 @@ func main() {
 	for i, b := range sum {
 		parts[i] = fmt.Sprintf("%02X", b)
 	}
+	serverThumbprint = strings.Join(parts, ":")
 	count := model.Count()
 	info := map[string]interface{}{
 		"url":        server.URL.Scheme + "://" + server.URL.Host + server.URL.Path,
@@ -309,6 +322,7 @@ func (pc *pagingCollector) CancelRetrievePropertiesEx(r *types.CancelRetrievePro
 // call on untouched or change what vcsim did in a way a real vCenter can also show.
 type faultKnobs struct {
 	svc      *simulator.Service
+	webmks   bool
 	user     string
 	password string
 
@@ -447,6 +461,15 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 	}
 	k.mu.Unlock()
 
+	if method == "AcquireTicket" && k.webmks && isVM(this) {
+		tickets.acquire(k.svc, w, r, body, this)
+		return
+	}
+	if method == "CloneVM_Task" && isVM(this) {
+		// Runs synchronously inside ServeSDK: the source's own devices are back once it returns.
+		defer keepDevices(this)()
+	}
+
 	if deaf && poweredOn(this) {
 		// The request reaches the guest, which does nothing: vCenter answers at once either way.
 		// (Answered here without vcsim's session check; only VMs a hook made deaf get this.)
@@ -455,14 +478,19 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(shutdownIgnored))
 		return
 	}
-	if !fail {
+	if !fail && !isVM(this) {
 		k.svc.ServeSDK(w, r)
 		return
 	}
 	rec := httptest.NewRecorder()
 	k.svc.ServeSDK(rec, r)
-	if rec.Code == http.StatusOK {
+	if fail && rec.Code == http.StatusOK {
 		failTask(taskOf(rec.Body.Bytes()), msg)
+	}
+	if isVM(this) {
+		// Before the answer leaves: a client that powered a VM on and then reads guest.net
+		// sees what Tools would have reported by then.
+		syncGuest(this)
 	}
 	for name, values := range rec.Header() {
 		w.Header()[name] = values
