@@ -10,18 +10,18 @@ there. pyVmomi is imported only once a session connects.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from virtdrivers.capabilities import Capability, DiskFormat
-from virtdrivers.driver import Driver, EventCallback, ProgressCallback, Subscription
+from virtdrivers.driver import EventCallback, ProgressCallback, Subscription
 from virtdrivers.endpoint import EmbeddedEndpoint, Evidence
-from virtdrivers.errors import Conflict, DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
+from virtdrivers.errors import DriverError, InstanceNotFound, InvalidSpec, InvalidState, NotFound
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
@@ -32,18 +32,17 @@ from virtdrivers.objects import (
     HostResources,
     InstanceInfo,
     InstanceSpec,
-    Leftover,
     NodeInfo,
     PowerState,
-    SnapshotInfo,
 )
-from virtdrivers_vmware import mapping
+from virtdrivers_vmware import guest_io, images, mapping, network
 from virtdrivers_vmware._sdk import sdk
+from virtdrivers_vmware.reaping import ReapOps
 from virtdrivers_vmware.settings import VSphereSettings
+from virtdrivers_vmware.snapshots import SnapshotOps
+from virtdrivers_vmware.workloads import Template, WorkloadOps
 
 if TYPE_CHECKING:
-    from virtdrivers.reaping import CreateToken
-
     # The session brings TLS and HTTP (ssl, http.client): imported when a driver connects,
     # so that listing plugins, which imports this module, stays cheap.
     from virtdrivers_vmware.session import Session
@@ -80,14 +79,18 @@ def _duplicate(exc: DriverError) -> bool:
     return "DuplicateName" in str(exc) or "FileAlreadyExists" in str(exc)
 
 
-def _why(token: CreateToken) -> str:
-    """Why a token's create counts as over, for the operator reading a dry run."""
-    if token.owner_alive() is False:
-        return f"its create never completed and its process ({token.pid} on {token.host}) is gone"
-    return f"its create never completed and started more than the grace period ago (on {token.host})"
+@dataclass(frozen=True)
+class _Plan:
+    """Where a create goes and what it is made from, as its plan read them."""
+
+    cluster: mapping.ClusterRow
+    store: mapping.DatastoreRow
+    dc: mapping.DatacenterRow
+    networks: list[network.NetworkRow]
+    template: Template | None
 
 
-class VSphereDriver(Driver):
+class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
     """vCenter clusters as nodes; VMs created in a cluster's root resource pool."""
 
     name = "vmware"
@@ -108,6 +111,15 @@ class VSphereDriver(Driver):
             Capability.EVENTS,
             Capability.DISK_VMDK,
             Capability.REAP,
+            Capability.IMAGES,
+            Capability.IMAGE_COW,
+            Capability.IMAGE_COPY,
+            Capability.NETWORKS,
+            Capability.NIC_HOTPLUG,
+            Capability.USER_DATA,
+            Capability.GUEST_ADDRESSES,
+            Capability.CONSOLE_CONNECT,
+            Capability.CONSOLE_OUTPUT,
         }
     )
     settings_model = VSphereSettings
@@ -118,18 +130,22 @@ class VSphereDriver(Driver):
     @classmethod
     def embedded_endpoints(cls) -> Sequence[EmbeddedEndpoint]:
         # The simulator module imports no SDK: listing endpoints stays cheap.
-        from virtdrivers_vmware.simulator.vcsim import VCSIM_HOOKS
+        from virtdrivers_vmware.simulator.vcsim import VCSIM_HOOKS, VCSIM_NOTES, VCSIM_UNAVAILABLE
 
         return (
             EmbeddedEndpoint(
                 "vcsim",
                 "govmomi's vCenter simulator over HTTPS on 127.0.0.1: 1 datacenter, "
-                "3 clusters of 2 hosts, 1 unmanaged VM per cluster, a random password",
+                "3 clusters of 2 hosts, 1 unmanaged VM per cluster, a template, a random password",
                 _vcsim_endpoint,
                 # vcsim is VMware's own simulator; it names itself and its govmomi version in
                 # backend_info(), so the column needs no backend of ours.
                 evidence=Evidence.VENDOR_SIMULATOR,
                 hooks=VCSIM_HOOKS,
+                unavailable=VCSIM_UNAVAILABLE,
+                notes=VCSIM_NOTES,
+                # No guest boots: what a guest would show (addresses) is there at power-on.
+                guest_boot_timeout=10.0,
             ),
         )
 
@@ -217,7 +233,8 @@ class VSphereDriver(Driver):
         self, content: Any, instance_id: str, paths: Sequence[str] = mapping.VM_DETAIL_PROPERTIES
     ) -> tuple[dict[str, Any], mapping.Inventory]:
         props, inv = self._with_topology(content, instance_id, paths)
-        if not mapping.is_managed(props) or not self._in_scope(props, inv):
+        # A template is an image, never an instance, even one that was ours before it was marked.
+        if not mapping.is_managed(props) or images.is_template(props) or not self._in_scope(props, inv):
             raise InstanceNotFound(instance_id)
         return props, inv
 
@@ -295,7 +312,7 @@ class VSphereDriver(Driver):
             return [
                 mapping.instance_info(oid, props, inv)
                 for oid, props in inv.vms.items()
-                if mapping.is_managed(props) and self._in_scope(props, inv)
+                if mapping.is_managed(props) and not images.is_template(props) and self._in_scope(props, inv)
             ]
 
         return self._call("list instances", read, idempotent=True)
@@ -314,13 +331,29 @@ class VSphereDriver(Driver):
         mapping.check_vm_name(name)
 
     def create(self, spec: InstanceSpec, *, progress: ProgressCallback | None = None) -> InstanceInfo:
+        """CreateVM_Task, or with ``spec.image`` one CloneVM_Task of the template; then power-on.
+
+        Everything that can be refused without the server is refused before any call (the
+        metadata, NIC models, the user data once encoded); the image, the networks and the
+        name are checked by the plan's reads, before anything is made.
+        """
         report = progress or (lambda fraction, message: None)
         mapping.check_metadata(spec.metadata)
+        network.check_nics(spec.nics)
+        # Chosen here so that the VM's cloud-init instance-id and the UUID a failed create is
+        # found by are the same, and known before anything is sent.
+        instance_uuid = str(uuid.uuid4())
+        guestinfo = guest_io.guestinfo(spec.user_data, instance_uuid=instance_uuid, name=spec.name)
+        vim, _ = sdk()
 
-        def plan(content: Any) -> tuple[mapping.ClusterRow, str, mapping.DatacenterRow]:
+        def plan(content: Any) -> _Plan:
             inv = self._inventory(content)
             if any(mapping.vm_name(props.get("name")) == spec.name for props in inv.vms.values()):
                 raise InvalidSpec(f"an instance named {spec.name!r} exists already", field="name")
+            template = self._template(content, inv, spec) if spec.image is not None else None
+            networks = self._network_rows(content) if spec.nics else []
+            for i, nic in enumerate(spec.nics):
+                network.resolve(nic.network, networks, f"nics.{i}.network")
             if spec.node is not None:
                 cluster = self._cluster_node(inv, spec.node)
             else:
@@ -336,27 +369,45 @@ class VSphereDriver(Driver):
             dc = inv.datacenters.get(cluster.datacenter or "")
             if dc is None or dc.vm_folder is None:
                 raise InvalidState(f"vsphere: no datacenter VM folder found for {cluster.name!r}")
-            return cluster, store.name, dc
+            return _Plan(cluster, store, dc, networks, template)
 
         def make(content: Any) -> str:
-            folder = self._ref(content, "Folder", dc.vm_folder or "")
-            pool = self._ref(content, "ResourcePool", cluster.resource_pool or "")
+            if the.template is not None:
+                return self._clone(
+                    content,
+                    spec,
+                    the.template,
+                    folder=the.dc.vm_folder or "",
+                    pool=the.cluster.resource_pool or "",
+                    datastore=the.store,
+                    networks=the.networks,
+                    instance_uuid=instance_uuid,
+                    token=token,
+                    extra=guestinfo,
+                )
+            config = mapping.create_spec(spec, datastore=the.store.name, instance_uuid=instance_uuid, token=token)
+            for i, nic in enumerate(spec.nics):
+                row = network.resolve(nic.network, the.networks, f"nics.{i}.network")
+                config.deviceChange.append(network.nic_change(nic, row, key=-(200 + i)))
+            config.deviceChange.append(guest_io.serial_port_change(the.store.name, mapping.escaped_name(spec.name)))
+            config.extraConfig += [vim.option.OptionValue(key=k, value=v) for k, v in guestinfo.items()]
+            folder = self._ref(content, "Folder", the.dc.vm_folder or "")
+            pool = self._ref(content, "ResourcePool", the.cluster.resource_pool or "")
             vm = self._task(content, folder.CreateVM_Task(config, pool), f"create {spec.name}")
             return str(vm._moId)
 
         # vCenter refuses a second VM of one name in a folder, but between our check and its
         # create another thread of this driver may create it: creates of one name take turns.
         with self._claim_name(spec.name):
-            cluster, datastore, dc = self._call("plan create", plan, idempotent=True)
-            report(0.1, f"creating {spec.name} in {cluster.name} on {datastore}")
+            the = self._call("plan create", plan, idempotent=True)
+            verb = "cloning" if the.template is not None else "creating"
+            report(0.1, f"{verb} {spec.name} in {the.cluster.name} on {the.store.name}")
             from virtdrivers.reaping import CreateToken
 
             # The operation token goes into the very spec that makes the VM and its disks (the
             # create's first backend change): killed at any later point, what this create made
             # carries it, and reap() finds it once this process is gone.
             token = CreateToken.new().encode()
-            instance_uuid = str(uuid.uuid4())
-            config = mapping.create_spec(spec, datastore=datastore, instance_uuid=instance_uuid, token=token)
             try:
                 vm_id = self._call(f"create {spec.name}", make)
             except BaseException as exc:
@@ -368,6 +419,9 @@ class VSphereDriver(Driver):
                 raise
         try:
             report(0.6, "created")
+            if the.template is not None:
+                template = the.template
+                self._call(f"check clone {spec.name}", lambda c: self._finish_clone(c, vm_id, spec, template))
             if spec.start:
                 self._call(
                     f"power on {spec.name}",
@@ -639,166 +693,6 @@ class VSphereDriver(Driver):
 
         self._call("detach disk", run, ref=instance_id)
 
-    # -- snapshots --------------------------------------------------------------------------------
-
-    def _snapshots(self, content: Any, instance_id: str) -> tuple[dict[str, Any], list[mapping.SnapshotRow]]:
-        props, _ = self._managed(
-            content,
-            instance_id,
-            (*mapping.VM_LIST_PROPERTIES, "snapshot.rootSnapshotList"),
-        )
-        return props, mapping.flatten_snapshots(props.get("snapshot.rootSnapshotList"))
-
-    def _snap_info(self, instance_id: str, row: mapping.SnapshotRow) -> SnapshotInfo:
-        created = row.created_at
-        if isinstance(created, datetime.datetime) and created.tzinfo is not None:
-            created = created.astimezone(datetime.UTC)
-        return SnapshotInfo(
-            id=row.moid, name=row.name, instance_id=instance_id, created_at=created, with_memory=row.with_memory
-        )
-
-    def create_snapshot(self, instance_id: str, name: str, *, with_memory: bool = False) -> SnapshotInfo:
-        def run(content: Any) -> SnapshotInfo:
-            props, rows = self._snapshots(content, instance_id)
-            if any(r.name == name for r in rows):
-                raise InvalidSpec(f"snapshot {name!r} of {props.get('name')!r} exists already", field="name")
-            memory = with_memory and props.get("runtime.powerState") == "poweredOn"
-            description = mapping.MEMORY_MARK if memory else ""
-            vm = self._ref(content, "VirtualMachine", instance_id)
-            snap = self._task(content, vm.CreateSnapshot_Task(name, description, memory, False), "snapshot")
-            _, rows = self._snapshots(content, instance_id)
-            for row in rows:
-                if row.moid == snap._moId:
-                    return self._snap_info(instance_id, row)
-            raise InvalidState(f"vsphere: snapshot {name!r} did not appear")
-
-        return self._call("create snapshot", run, ref=instance_id)
-
-    def list_snapshots(self, instance_id: str) -> list[SnapshotInfo]:
-        def read(content: Any) -> list[SnapshotInfo]:
-            _, rows = self._snapshots(content, instance_id)
-            return [self._snap_info(instance_id, r) for r in rows]
-
-        return self._call("list snapshots", read, idempotent=True, ref=instance_id)
-
-    def _snapshot_row(self, content: Any, instance_id: str, snapshot_id: str) -> mapping.SnapshotRow:
-        props, rows = self._snapshots(content, instance_id)
-        for row in rows:
-            if row.moid == snapshot_id:
-                return row
-        raise NotFound(f"vsphere: snapshot {snapshot_id!r} of {props.get('name')!r} not found")
-
-    def revert_snapshot(self, instance_id: str, snapshot_id: str) -> InstanceInfo:
-        """RevertToSnapshot_Task, then make the outcome explicit.
-
-        vSphere leaves a VM powered off after reverting to a disk-only snapshot and as it
-        was after a memory snapshot; vcsim 0.24 changes neither power state nor hardware.
-        So the snapshot's recorded size, disks and power state are checked and applied when
-        the server did not (a no-op on a real vCenter).
-        """
-        vim, _ = sdk()
-
-        def run(content: Any) -> InstanceInfo:
-            row = self._snapshot_row(content, instance_id, snapshot_id)
-            snap = vim.vm.Snapshot(snapshot_id, content.propertyCollector._stub)
-            self._task(content, snap.RevertToSnapshot_Task(), "revert snapshot")
-            vm = self._ref(content, "VirtualMachine", instance_id)
-            saved = mapping.props_of(
-                self._s.retrieve_objects(
-                    content, [snap], ["config.hardware.numCPU", "config.hardware.memoryMB", "config.hardware.device"]
-                )[0]
-            )
-            props, _ = self._managed(content, instance_id, mapping.VM_INFO_PROPERTIES)
-            spec = vim.vm.ConfigSpec()
-            changed = False
-            if saved.get("config.hardware.numCPU") not in (None, props.get("config.hardware.numCPU")):
-                spec.numCPUs, changed = saved["config.hardware.numCPU"], True
-            if saved.get("config.hardware.memoryMB") not in (None, props.get("config.hardware.memoryMB")):
-                spec.memoryMB, changed = saved["config.hardware.memoryMB"], True
-            if "config.hardware.device" in saved:
-                disks = mapping.restore_disk_changes(
-                    saved["config.hardware.device"], props.get("config.hardware.device")
-                )
-                if disks:
-                    spec.deviceChange, changed = disks, True
-            state = props.get("runtime.powerState")
-            wanted = (row.state or "poweredOn") if row.with_memory else "poweredOff"
-            if changed and state != "poweredOff":
-                self._task(content, vm.PowerOffVM_Task(), "power off to restore the snapshot's hardware")
-                state = "poweredOff"
-            if changed:
-                self._task(content, vm.ReconfigVM_Task(spec), "restore the snapshot's hardware")
-            if wanted == "poweredOff" and state != "poweredOff":
-                self._task(content, vm.PowerOffVM_Task(), "power off after revert")
-            elif wanted == "poweredOn" and state != "poweredOn":
-                self._task(content, vm.PowerOnVM_Task(), "power on after revert")
-            elif wanted == "suspended" and state != "suspended":
-                if state != "poweredOn":
-                    self._task(content, vm.PowerOnVM_Task(), "power on after revert")
-                self._task(content, vm.SuspendVM_Task(), "suspend after revert")
-            return self._info(content, instance_id)
-
-        return self._call("revert snapshot", run, ref=instance_id)
-
-    def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
-        vim, _ = sdk()
-
-        def run(content: Any) -> None:
-            self._snapshot_row(content, instance_id, snapshot_id)
-            snap = vim.vm.Snapshot(snapshot_id, content.propertyCollector._stub)
-            self._task(content, snap.RemoveSnapshot_Task(removeChildren=False), "delete snapshot")
-
-        self._call("delete snapshot", run, ref=instance_id)
-
-    # -- migration --------------------------------------------------------------------------------
-
-    def _relocate(
-        self, instance_id: str, node: str | None, progress: ProgressCallback | None, state: str, what: str
-    ) -> InstanceInfo:
-        """RelocateVM_Task to another host: of the same cluster when ``node`` is None or the VM's own."""
-        vim, _ = sdk()
-
-        def run(content: Any) -> InstanceInfo:
-            props, inv = self._managed(content, instance_id)
-            if props.get("runtime.powerState") != state:
-                raise InvalidState(
-                    f"vsphere: cannot {what} {props.get('name')!r}: it is "
-                    f"{mapping.power_state(props.get('runtime.powerState')).value}"
-                )
-            # Load per host needs the VMs' placement: one more paged read.
-            inv = self._inventory(content)
-            current_host = mapping.moid(props.get("runtime.host"))
-            current = inv.cluster_of_host(current_host)
-            target = self._cluster_node(inv, node) if node is not None else current
-            if target is None:
-                raise InvalidState(f"vsphere: {props.get('name')!r} is not in a cluster")
-            host = mapping.pick_host(target, inv, exclude=current_host)
-            if host is None:
-                raise InvalidState(f"vsphere: no other connected host in cluster {target.name!r}")
-            if progress:
-                progress(0.1, f"moving to {host.name} in {target.name}")
-            spec = vim.vm.RelocateSpec(host=self._ref(content, "HostSystem", host.moid))
-            if current is None or target.moid != current.moid:
-                spec.pool = self._ref(content, "ResourcePool", target.resource_pool or "")
-            vm = self._ref(content, "VirtualMachine", instance_id)
-            self._task(content, vm.RelocateVM_Task(spec), what)
-            if progress:
-                progress(1.0, f"on {host.name}")
-            return self._info(content, instance_id)
-
-        return self._call(what, run, ref=instance_id)
-
-    def live_migrate(
-        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
-    ) -> InstanceInfo:
-        """vMotion: to another host of the same cluster (node None or the VM's own), or into cluster ``node``."""
-        return self._relocate(instance_id, node, progress, "poweredOn", "live migrate")
-
-    def cold_migrate(
-        self, instance_id: str, node: str | None = None, *, progress: ProgressCallback | None = None
-    ) -> InstanceInfo:
-        return self._relocate(instance_id, node, progress, "poweredOff", "cold migrate")
-
     # -- cluster ----------------------------------------------------------------------------------
 
     def list_aggregates(self) -> list[Aggregate]:
@@ -852,7 +746,7 @@ class VSphereDriver(Driver):
             return [
                 mapping.instance_info(oid, props, inv)
                 for oid, props in inv.vms.items()
-                if not mapping.is_managed(props) and self._in_scope(props, inv)
+                if not mapping.is_managed(props) and not images.is_template(props) and self._in_scope(props, inv)
             ]
 
         return self._call("list unmanaged", read, idempotent=True)
@@ -867,197 +761,14 @@ class VSphereDriver(Driver):
                 raise InstanceNotFound(instance_id)
             if mapping.is_managed(props):
                 raise InvalidState(f"vsphere: {props.get('name')!r} is managed already")
+            if images.is_template(props):
+                raise InvalidState(f"vsphere: {props.get('name')!r} is a template (an image), not a VM to adopt")
             vm = self._ref(content, "VirtualMachine", instance_id)
             spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=mapping.MANAGED_KEY, value="true")])
             self._task(content, vm.ReconfigVM_Task(spec), "adopt")
             return self._info(content, instance_id)
 
         return self._call("adopt", run, ref=instance_id)
-
-    # -- crash-safe creation ------------------------------------------------------------------------
-
-    def reap(self, *, dry_run: bool = False, grace_s: float = 3600.0) -> list[Leftover]:
-        """VMs whose create token outlived their create, then vmdk files of creates that no VM refers to.
-
-        Instances go first: Destroy_Task takes their disks with them, so the disk search
-        that follows finds only what no VM holds (a CreateVM_Task that failed after making
-        a disk, a cleanup cut short). Each removal is its own call, so one that fails (the
-        VM is busy) leaves the others to go, and a dry run reports exactly what a real run
-        would remove.
-        """
-        found = self._call("reap: find instances", lambda c: self._leftover_vms(c, grace_s), idempotent=True)
-        removed: list[Leftover] = []
-        for item in found:
-            if dry_run:
-                removed.append(item)
-                continue
-            try:
-                gone = self._call(
-                    f"reap {item.ref}",
-                    functools.partial(self._destroy_leftover, vm_id=item.ref, token=item.token),
-                    ref=item.ref,
-                )
-            except InstanceNotFound:
-                gone = True  # removed meanwhile: nothing left
-            except (InvalidState, Conflict) as exc:
-                log.warning("vsphere: could not reap %s (%s): %s", item.ref, item.name, exc)
-                continue
-            if gone:
-                removed.append(item)
-        disks = self._call("reap: find disks", lambda c: self._leftover_disks(c, grace_s), idempotent=True)
-        for item, datacenter in disks:
-            if not dry_run:
-                try:
-                    self._call(
-                        f"reap {item.ref}", functools.partial(self._delete_disk, path=item.ref, datacenter=datacenter)
-                    )
-                except NotFound:
-                    pass  # gone already
-                except (InvalidState, Conflict) as exc:
-                    log.warning("vsphere: could not reap %s: %s", item.ref, exc)
-                    continue
-            removed.append(item)
-        return removed
-
-    def _leftover_vms(self, content: Any, grace_s: float) -> list[Leftover]:
-        """Managed VMs in scope whose create token is abandoned (pets never carry one we honour)."""
-        from virtdrivers.reaping import CreateToken
-
-        inv = self._inventory(content)
-        out = []
-        for oid, props in inv.vms.items():
-            text = mapping.create_token_of(props)
-            token = CreateToken.decode(text)
-            if token is None or not mapping.is_managed(props) or not self._in_scope(props, inv):
-                continue
-            if not token.abandoned(grace_s):
-                continue
-            cluster = inv.cluster_of_host(mapping.moid(props.get("runtime.host")))
-            out.append(
-                Leftover(
-                    kind="instance",
-                    ref=oid,
-                    name=mapping.vm_name(props.get("name")),
-                    node=cluster.name if cluster else None,
-                    token=text,
-                    reason=_why(token),
-                )
-            )
-        return out
-
-    def _destroy_leftover(self, content: Any, vm_id: str, token: str | None) -> bool:
-        """Power off and destroy a leftover VM, unless its create completed since it was found."""
-        vm = self._ref(content, "VirtualMachine", vm_id)
-        objs = self._s.retrieve_objects(content, [vm], ["runtime.powerState", "config.extraConfig"])
-        if not objs:
-            return True
-        props = mapping.props_of(objs[0])
-        if token is None or mapping.create_token_of(props) != token:
-            log.info("vsphere: %s completed its create meanwhile; not reaped", vm_id)
-            return False
-        if props.get("runtime.powerState") != "poweredOff":
-            self._task(content, vm.PowerOffVM_Task(), "power off a leftover")
-        self._task(content, vm.Destroy_Task(), "destroy a leftover")
-        log.info("vsphere: reaped %s, left by an interrupted create (%s)", vm_id, token)
-        return True
-
-    def _leftover_disks(
-        self, content: Any, grace_s: float, *, only: str | None = None
-    ) -> list[tuple[Leftover, str | None]]:
-        """vmdk files named with an abandoned create token (``only``: with this token) that no VM refers to.
-
-        One SearchDatastoreSubFolders_Task per datastore in scope finds the candidates by name.
-        Only if there are any are the references read: every VM of the vCenter (a VM of another
-        cluster may use a shared datastore), with its devices, its file layout and the devices
-        of each of its snapshots, so a disk a snapshot still holds is never taken.
-        Returns each leftover with the datacenter its datastore belongs to.
-        """
-        from virtdrivers.reaping import CreateToken
-
-        vim, _ = sdk()
-        inv = self._inventory(content, with_vms=False)
-        stores: dict[str, tuple[str, str | None]] = {}
-        for cluster in self._scope(inv):
-            for ds in cluster.datastores:
-                if ds in inv.datastores:
-                    stores.setdefault(ds, (inv.datastores[ds].name, cluster.datacenter))
-        if not stores:
-            return []
-        refs = [self._ref(content, "Datastore", ds) for ds in sorted(stores)]
-        browsers = {
-            mapping.moid(o.obj): mapping.props_of(o).get("browser")
-            for o in self._s.retrieve_objects(content, refs, ["browser"])
-        }
-        spec = vim.host.DatastoreBrowser.SearchSpec(
-            query=[vim.host.DatastoreBrowser.VmDiskQuery()],
-            matchPattern=[f"{only}_*.vmdk" if only else "vdc1-*.vmdk"],
-        )
-        candidates: dict[tuple[str, str], tuple[str, CreateToken, str | None]] = {}
-        for ds, (name, datacenter) in sorted(stores.items()):
-            browser = browsers.get(ds)
-            if browser is None:
-                continue
-            results = self._task(
-                content, browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec), f"search datastore {name}"
-            )
-            for result in results or ():
-                for f in result.file or ():
-                    text = mapping.disk_token(str(f.path))
-                    token = CreateToken.decode(text)
-                    if text is None or token is None:
-                        continue
-                    if only is not None and text != only:
-                        continue
-                    if only is None and not token.abandoned(grace_s):
-                        continue
-                    path = mapping.datastore_file(f"{result.folderPath}/{f.path}")
-                    if path is not None:
-                        candidates[path] = (text, token, datacenter)
-        if not candidates:
-            return []
-        referenced, creators = self._references(content)
-        out = []
-        for (ds_name, rel), (text, token, datacenter) in sorted(candidates.items()):
-            if (ds_name, rel) in referenced or text in creators:
-                continue
-            out.append(
-                (
-                    Leftover(
-                        kind="disk",
-                        ref=f"[{ds_name}] {rel}",
-                        name=rel.rsplit("/", 1)[-1],
-                        token=text,
-                        reason=_why(token) + "; no VM refers to it",
-                    ),
-                    datacenter,
-                )
-            )
-        return out
-
-    def _references(self, content: Any) -> tuple[set[tuple[str, str]], set[str]]:
-        """Every datastore file any VM of the vCenter, or any of its snapshots, refers to; and the
-        tokens of the creates that made the VMs (a disk of theirs detached and kept is still theirs)."""
-        paths = ("config.hardware.device", "layoutEx.file", "layoutEx.snapshot", "config.extraConfig")
-        view = self._s.view(content, ("VirtualMachine",))
-        referenced: set[tuple[str, str]] = set()
-        creators: set[str] = set()
-        snapshots = []
-        for oc in self._s.retrieve(content, view, {"VirtualMachine": paths}):
-            props = mapping.props_of(oc)
-            referenced |= mapping.referenced_files(props)
-            creator = mapping.extra_config(props).get(mapping.CREATED_BY_KEY)
-            if creator:
-                creators.add(creator)
-            snapshots += [s.key for s in props.get("layoutEx.snapshot") or () if getattr(s, "key", None) is not None]
-        for oc in self._s.retrieve_objects(content, snapshots, ["config.hardware.device"]):
-            referenced |= mapping.referenced_files(mapping.props_of(oc))
-        return referenced, creators
-
-    def _delete_disk(self, content: Any, path: str, datacenter: str | None) -> None:
-        dc = self._ref(content, "Datacenter", datacenter) if datacenter else None
-        manager = content.virtualDiskManager
-        self._task(content, manager.DeleteVirtualDisk_Task(path, dc), f"delete {path}")
-        log.info("vsphere: reaped %s, left by an interrupted create", path)
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from virtdrivers.objects import (
     PowerState,
 )
 from virtdrivers_vmware._sdk import sdk
+from virtdrivers_vmware.network import nics_of
 
 #: extraConfig key marking a VM as created (or adopted) by virtdrivers.
 MANAGED_KEY = "virtdrivers.managed"
@@ -54,6 +55,8 @@ META_PREFIX = "virtdrivers.meta."
 META_HEX_PREFIX = "virtdrivers.metax."
 #: extraConfig prefix for disk labels, keyed by the disk's file name (stable where device keys are not).
 LABEL_PREFIX = "virtdrivers.disklabel."
+#: extraConfig key on an instance naming the template (image id) it was cloned from.
+IMAGE_KEY = "virtdrivers.image"
 #: Snapshot description marking a snapshot taken with memory; vSphere's snapshot tree has no such flag.
 MEMORY_MARK = "virtdrivers:memory"
 #: vSphere's guest id for "other 64-bit"; we boot no OS, so the choice only affects defaults.
@@ -72,6 +75,7 @@ VM_LIST_PROPERTIES = (
     "config.hardware.memoryMB",
     "runtime.host",
     "config.extraConfig",
+    "config.template",
 )
 #: Everything an InstanceInfo shows: the placement properties plus the devices (for disks). The
 #: bulk listing fetches these too, so a listed instance equals the same instance read alone.
@@ -412,6 +416,8 @@ def instance_info(oid: str, props: Mapping[str, Any], inv: Inventory) -> Instanc
         disks=disks_of(devices, extra) if devices is not None else (),
         metadata=metadata_of(extra),
         managed=extra.get(MANAGED_KEY) == "true",
+        image=extra.get(IMAGE_KEY),
+        nics=nics_of(devices),
     )
 
 

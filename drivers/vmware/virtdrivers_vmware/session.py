@@ -231,6 +231,38 @@ class Session:
             if self.generation == generation:
                 self._drop()
 
+    # -- datastore files ----------------------------------------------------------------------
+
+    def read_datastore_tail(self, datacenter: str, datastore: str, path: str, max_bytes: int) -> bytes | None:
+        """The last ``max_bytes`` of a datastore file over vCenter's ``/folder`` HTTP access, with
+        this session's cookie and TLS settings; None when the file does not exist (yet)."""
+        import http.client
+        import urllib.parse
+
+        s = self.settings
+        with self._lock:
+            if self._si is None:
+                self._login()
+            cookie = self._si._stub.cookie
+        query = urllib.parse.urlencode({"dcPath": datacenter, "dsName": datastore})
+        url = f"/folder/{urllib.parse.quote(path)}?{query}"
+        conn = http.client.HTTPSConnection(s.host, port=s.port, context=self._ssl_context(), timeout=s.http_timeout)
+        try:
+            conn.request("GET", url, headers={"Cookie": cookie, "Range": f"bytes=-{max_bytes}"})
+            response = conn.getresponse()
+            body = response.read()
+        except _connection_errors() as exc:
+            raise BackendUnavailable(f"{self.name}: reading {path!r} from [{datastore}] failed: {exc}") from exc
+        finally:
+            conn.close()
+        if response.status == 404:
+            return None
+        if response.status == 416:  # an empty file has no last byte to range over
+            return b""
+        if response.status not in (200, 206):
+            raise BackendUnavailable(f"{self.name}: reading {path!r} from [{datastore}]: HTTP {response.status}")
+        return body[-max_bytes:]
+
     # -- bulk reads --------------------------------------------------------------------------
 
     def view(self, content: Any, types: Sequence[str]) -> Any:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from virtdrivers.capabilities import Capability
 from virtdrivers.endpoint import EndpointHooks
 from virtdrivers.errors import BackendUnavailable
 
@@ -66,6 +67,7 @@ class Vcsim:
         mark: str | None = None,
         session_idle_timeout: float | None = None,
         workdir: Path | None = None,
+        webmks: bool = True,
     ) -> None:
         """``mark``: an extraConfig key set to "true" on the model's VMs (``virtdrivers.managed`` makes them ours)."""
         self.args = {
@@ -76,6 +78,7 @@ class Vcsim:
             "standalone-host": standalone_hosts,
         }
         self.autostart = autostart
+        self.webmks = webmks
         self.method_delay = dict(method_delay or {})
         self.mark = mark
         self.session_idle_timeout = session_idle_timeout
@@ -102,7 +105,7 @@ class Vcsim:
         cmd = [str(binary), "-cert", str(self.cert_file), "-key", str(self.dir / "vcsim.key")]
         cmd += [f"-{k}={v}" for k, v in self.args.items()]
         cmd += [f"-autostart={'true' if self.autostart else 'false'}", f"-port={self.port}"]
-        cmd += ["-user", USER]
+        cmd += ["-user", USER, f"-webmks={'true' if self.webmks else 'false'}"]
         if self.session_idle_timeout:
             cmd += [f"-session-idle-timeout={self.session_idle_timeout}s"]
         if self.mark:
@@ -242,15 +245,164 @@ def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: boo
     set_fault(settings, cluster=node, host_state="notResponding" if down else "connected")
 
 
-VCSIM_HOOKS = EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node)
+def _connect(settings: Mapping[str, Any]) -> Any:
+    """A pyVmomi session of our own on the simulator, apart from any driver's."""
+    import importlib
+    import ssl
+
+    connect: Any = importlib.import_module("pyVim.connect")
+    password = settings["password"]
+    secret = password.get_secret_value() if hasattr(password, "get_secret_value") else str(password)
+    return connect.SmartConnect(
+        host=settings["host"],
+        port=int(settings["port"]),
+        user=settings["user"],
+        pwd=secret,
+        sslContext=ssl.create_default_context(cafile=settings.get("ca_file")),
+    )
+
+
+def _read_user_data(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> str | None:
+    """The VM's guestinfo.userdata decoded by its ``.encoding``, as cloud-init's VMware datasource reads it.
+
+    Read over a session of our own, straight from the VM's extraConfig: what vcsim stored,
+    not what the driver under test says it sent.
+    """
+    from virtdrivers_vmware._sdk import sdk
+    from virtdrivers_vmware.guest_io import user_data_of
+
+    vim, _ = sdk()
+    si = _connect(settings)
+    try:
+        vm = vim.VirtualMachine(instance_id, si._stub)
+        extra = {str(o.key): str(o.value) for o in vm.config.extraConfig or () if o.value is not None}
+    finally:
+        _disconnect(si)
+    return user_data_of(extra)
+
+
+VCSIM_HOOKS = EndpointHooks(
+    fail_next_create=_fail_next_create,
+    ignore_acpi=_ignore_acpi,
+    fail_node=_fail_node,
+    read_user_data=_read_user_data,
+)
+
+#: What the driver declares and vcsim 0.24 cannot show: it ignores ``spec.snapshot`` and
+#: ``diskMoveType`` and copies every disk, so a linked clone never exists there (the driver
+#: refuses a "linked" clone that came out as a full copy rather than pass it off as one).
+#: Nor does anything write a VM's serial-port file there: no guest runs, so its console log
+#: stays empty (the backend's own tests write it as a guest would and read it back).
+VCSIM_UNAVAILABLE = frozenset({Capability.IMAGE_COW, Capability.CONSOLE_OUTPUT})
+
+#: How the vcsim column earns each workload cell whose behaviour is simulated (shown on the cell).
+VCSIM_NOTES = {
+    Capability.IMAGE_COW: (
+        "not on vcsim: it ignores CloneVM_Task's snapshot and diskMoveType and makes a full copy; "
+        "on vCenter a linked clone is a child of the template's current snapshot"
+    ),
+    Capability.CONSOLE_OUTPUT: (
+        "not on vcsim: no guest runs to write the VM's serial-port file on the datastore; the "
+        "driver reads that file's tail over /folder (tested by the backend, writing it as a guest would)"
+    ),
+    Capability.IMAGE_COPY: (
+        "vcsim's CloneVM_Task copies the template's vmdk (an empty disk: no guest boots); our launcher "
+        "keeps the template's own devices intact, which vcsim 0.24 would rewrite"
+    ),
+    Capability.USER_DATA: (
+        "guestinfo.userdata/metadata with their .encoding keys, as stored by vcsim and decoded "
+        "from the VM's extraConfig over a separate session the way cloud-init's VMware "
+        "datasource reads them; no guest boots to read them"
+    ),
+    Capability.GUEST_ADDRESSES: (
+        "addresses are set in guest.net by our vcsim launcher when a VM powers on (10.x.y.z/8 "
+        "from the MAC), as VMware Tools would report them; no guest boots"
+    ),
+    Capability.CONSOLE_CONNECT: (
+        "AcquireTicket('webmks') is answered by our vcsim launcher (vcsim 0.24 has none): a "
+        "one-time ticket for a WebSocket that says there is no screen; no guest console"
+    ),
+}
+
+#: The image the embedded endpoint offers: a template with one disk and a snapshot (for linked clones).
+TEMPLATE_NAME = "vd-template-tiny"
+
+
+def make_template(settings: Mapping[str, Any], name: str = TEMPLATE_NAME, *, disk_gib: int = 1) -> str:
+    """Make a template as an administrator would: a VM with one thin disk, a snapshot, MarkAsTemplate.
+
+    Over plain pyVmomi, not the driver: the endpoint's image exists before any driver under
+    test connects. Returns the template's id. The disk is empty: no guest ever boots on vcsim.
+    """
+    from virtdrivers_vmware._sdk import sdk
+
+    vim, _ = sdk()
+    si = _connect(settings)
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.ClusterComputeResource], True)
+        cluster = sorted(view.view, key=lambda c: c.name)[0]
+        view.Destroy()
+        datacenter = cluster.parent
+        while not isinstance(datacenter, vim.Datacenter):
+            datacenter = datacenter.parent
+        store = cluster.datastore[0].name
+        disk = vim.vm.device.VirtualDisk(
+            key=-101,
+            controllerKey=-100,
+            unitNumber=0,
+            capacityInKB=disk_gib * 1024 * 1024,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{store}] {name}/{name}.vmdk", diskMode="persistent", thinProvisioned=True
+            ),
+        )
+        controller = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
+        config = vim.vm.ConfigSpec(
+            name=name,
+            numCPUs=1,
+            memoryMB=256,
+            guestId="otherLinux64Guest",
+            files=vim.vm.FileInfo(vmPathName=f"[{store}]"),
+            deviceChange=[
+                vim.vm.device.VirtualDeviceSpec(operation="add", device=controller),
+                vim.vm.device.VirtualDeviceSpec(operation="add", device=disk, fileOperation="create"),
+            ],
+        )
+        task = datacenter.vmFolder.CreateVM_Task(config, cluster.resourcePool)
+        _wait(task)
+        vm = task.info.result
+        _wait(vm.CreateSnapshot_Task("base", "the disk linked clones are children of", False, False))
+        vm.MarkAsTemplate()
+        return str(vm._moId)
+    finally:
+        _disconnect(si)
+
+
+def _wait(task: Any) -> None:
+    import importlib
+
+    module: Any = importlib.import_module("pyVim.task")
+    module.WaitForTask(task)
+
+
+def _disconnect(si: Any) -> None:
+    import importlib
+
+    module: Any = importlib.import_module("pyVim.connect")
+    module.Disconnect(si)
 
 
 @contextlib.contextmanager
-def vcsim_endpoint(**kwargs: Any) -> Iterator[Mapping[str, Any]]:
-    """Start vcsim (two clusters of two hosts by default) and yield driver settings for it."""
+def vcsim_endpoint(*, template: bool = True, **kwargs: Any) -> Iterator[Mapping[str, Any]]:
+    """Start vcsim (two clusters of two hosts by default) and yield driver settings for it.
+
+    ``template``: also make :data:`TEMPLATE_NAME`, the image instances are cloned from.
+    """
     sim = Vcsim(**kwargs)
     try:
         sim.start()
+        if template:
+            make_template(sim.settings())
         yield sim.settings()
     finally:
         sim.cleanup()
