@@ -159,7 +159,12 @@ class GuestAddress(VersionedObject):
 
 
 class ConsoleConnection(VersionedObject):
-    """How to reach an instance's interactive console. The ticket is a secret and never prints."""
+    """How to reach an instance's interactive console. The ticket is a secret and never prints.
+
+    ``url`` never carries the ticket: where the protocol wants it in the address (vSphere's
+    ``wss://host:port/ticket/<ticket>``), the caller appends ``ticket.get_secret_value()``, so
+    the connection can be logged and shown without leaking a live credential.
+    """
 
     VERSION = "1.0"
     kind: str
