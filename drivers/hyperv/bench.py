@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from virtdrivers.objects import HAPriority
+from virtdrivers.objects import HAPriority, NicSpec
 from virtdrivers_hyperv.driver import HypervDriver
 from virtdrivers_hyperv.mapping import encode_notes
 from virtdrivers_hyperv.simulator.endpoint import run_simulator
@@ -39,10 +39,17 @@ def _inventory() -> dict[str, Any]:
             "host": "HV-NODE1" if i % 2 else "HV-NODE2",
             "notes": notes,
             "disks_gib": [10],
+            "nics": ["vd-external"],
         }
         for i in range(N_VMS)
     ]
-    return {"vms": vms, "nodes": [{"name": "HV-NODE1", "memory": 4 << 40}, {"name": "HV-NODE2", "memory": 4 << 40}]}
+    return {
+        "vms": vms,
+        "nodes": [{"name": "HV-NODE1", "memory": 4 << 40}, {"name": "HV-NODE2", "memory": 4 << 40}],
+        "images": [{"name": "debian-12-genericcloud.vhdx", "size_gib": 2, "used_mib": 600}],
+        "switches": [{"name": "vd-external", "type": 2, "subnet": "10.40.0.0/16"}],
+        "boot_seconds": 0.0,
+    }
 
 
 def _measure(d: HypervDriver, label: str, func: Callable[[], Any], rows: list[tuple[str, ...]]) -> Any:
@@ -76,8 +83,9 @@ def _run(endpoint: str, https: bool) -> None:
              f"{(time.perf_counter() - t0) * 1000:8.1f}", "Create=1")
         )  # fmt: skip
         try:
-            listed = _measure(d, f"list_instances ({N_VMS} VMs)", d.list_instances, rows)
+            listed = _measure(d, f"list_instances ({N_VMS} VMs, NICs, KVP addresses)", d.list_instances, rows)
             assert len(listed) == N_VMS, len(listed)
+            assert all(len(i.nics) == 1 for i in listed)
             spec = {"name": "bench-new", "vcpus": 1, "memory_mb": 256, "disks": [{"size_gib": 1}], "start": True}
             info = _measure(d, "create (1 VHDX, start)", lambda: d.create(spec), rows)
             vid = info.id
@@ -111,6 +119,27 @@ def _run(endpoint: str, https: bool) -> None:
             _measure(d, "list_nodes", d.list_nodes, rows)
             _measure(d, "host_resources", d.host_resources, rows)
             _measure(d, "destroy", lambda: d.destroy(vid), rows)
+
+            # Workloads (contract 1.2).
+            image = _measure(d, "list_images", d.list_images, rows)[0]
+            net = _measure(d, "list_networks", d.list_networks, rows)[0]
+            wl = {"name": "bench-wl", "vcpus": 1, "memory_mb": 256, "image": image.id, "nics": [{"network": net.id}]}
+            seeded = {**wl, "name": "bench-seeded", "user_data": {"user_data": "#cloud-config\n" + "x" * 2000}}
+            copy = {**wl, "name": "bench-copy", "image_mode": "copy"}
+            made = [
+                _measure(d, "create (image cow, 1 NIC)", lambda: d.create(wl), rows),
+                _measure(d, "create (image cow, NIC, user data)", lambda: d.create(seeded), rows),
+                _measure(d, "create (image copy, 1 NIC)", lambda: d.create(copy), rows),
+            ]
+            wid = made[0].id
+            nic = _measure(d, "attach_nic", lambda: d.attach_nic(wid, NicSpec(network=net.id)), rows)
+            _measure(d, "detach_nic", lambda: d.detach_nic(wid, nic.id), rows)
+            found = _measure(d, "guest_addresses", lambda: d.guest_addresses(wid), rows)
+            assert found, "the guest reported no address"
+            _measure(d, "console_connection", lambda: d.console_connection(wid), rows)
+            _measure(d, "instance_metrics", lambda: d.instance_metrics(wid), rows)
+            for m in made:
+                d.destroy(m.id)
 
             sample = [i.id for i in listed[:NAIVE_SAMPLE]]
             naive = _measure(

@@ -9,9 +9,11 @@ imported only by :mod:`virtdrivers_hyperv.session`, when connecting.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -33,19 +35,26 @@ from virtdrivers.errors import (
 from virtdrivers.objects import (
     Aggregate,
     BackendInfo,
+    ConsoleConnection,
     DiskInfo,
     DiskSpec,
+    GuestAddress,
     HAPriority,
     HAState,
     HostResources,
+    Image,
     InstanceInfo,
+    InstanceMetrics,
     InstanceSpec,
     Leftover,
+    Network,
+    NicInfo,
+    NicSpec,
     NodeInfo,
     SnapshotInfo,
 )
 from virtdrivers.reaping import CreateToken
-from virtdrivers_hyperv import mapping
+from virtdrivers_hyperv import mapping, workloads
 from virtdrivers_hyperv.session import HypervSession, HypervSettings
 
 if TYPE_CHECKING:
@@ -124,6 +133,15 @@ class HypervDriver(Driver):
             Capability.EVENTS,
             Capability.DISK_VHDX,
             Capability.REAP,
+            Capability.IMAGES,
+            Capability.IMAGE_COW,
+            Capability.IMAGE_COPY,
+            Capability.NETWORKS,
+            Capability.NIC_HOTPLUG,
+            Capability.USER_DATA,
+            Capability.GUEST_ADDRESSES,
+            Capability.CONSOLE_CONNECT,
+            Capability.METRICS,
         }
     )
     settings_model = HypervSettings
@@ -142,6 +160,8 @@ class HypervDriver(Driver):
         self._session: HypervSession | None = None
         self._poll_session: HypervSession | None = None
         self._events: EventHub | None = None
+        self._metrics_seen: dict[str, InstanceMetrics] = {}
+        self._metrics_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -262,24 +282,32 @@ class HypervDriver(Driver):
         """
         _check_memory(spec.memory_mb)
         _check_formats(spec.disks)
-        if progress:
-            progress(0.0, "creating the VM, its VHDX disks and settings in one script")
         token = CreateToken.new().encode()
-        args = self._create_args(spec, token)
-        directory, notes = args["dir"], args["notes"]
+        directory = self._disk_dir(token)
+        prepare = workloads.prepare_args(spec, self.settings.image_path, directory, token)
+        macs = [n.mac or workloads.new_mac() for n in spec.nics]
         budget = self.settings.task_timeout
         deadline = time.monotonic() + budget
         work_deadline = deadline - min(max(budget * 0.25, 0.5), 30.0)
         try:
+            prepared: dict[str, Any] = {}
+            if prepare is not None:
+                if progress:
+                    progress(0.0, "finding the image and switches, making the root disk and the user-data seed")
+                prepared = self._run("prepare", prepare, deadline=work_deadline) or {}
+            if progress:
+                progress(0.1, "creating the VM, its VHDX disks and settings in one script")
+            args = self._create_args(spec, token, prepared, macs)
+            notes = args["notes"]
             vid = str(self._run("create", args, deadline=work_deadline)).lower()
             if progress:
                 progress(0.9, "marking the create complete")
             done = {
                 "id": vid,
-                "dir": directory if spec.disks else None,
+                "dir": directory if args["mk"] else None,
                 "token": token,
                 "was": notes,
-                "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec)),
+                "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec), image=args["image"]),
             }
             value = self._run("complete", done, instance_id=vid, deadline=work_deadline, signal_later=True)
         except DriverError as exc:
@@ -300,15 +328,29 @@ class HypervDriver(Driver):
     def _labels(spec: InstanceSpec) -> dict[str, str]:
         return {f"disk{i}.vhdx": d.label for i, d in enumerate(spec.disks) if d.label}
 
-    def _create_args(self, spec: InstanceSpec, token: str) -> dict[str, Any]:
-        """The create script's arguments: the token names the disk folder and is in the Notes."""
+    def _create_args(
+        self, spec: InstanceSpec, token: str, prepared: dict[str, Any] | None = None, macs: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The create script's arguments: the token names the disk folder and is in the Notes.
+
+        ``prepared`` is the prepare script's answer (the image's path, the root disk and seed it made
+        in the folder, the switches' names); ``macs`` one MAC per NIC.
+        """
+        prepared = prepared or {}
+        image = mapping.file_name(str(prepared["Image"])) if prepared.get("Image") else None
+        root, seed = prepared.get("Root"), prepared.get("Seed")
+        nets = mapping.as_list(prepared.get("Nets"))
         return {
             "name": spec.name,
             "cpu": spec.vcpus,
             "mem": spec.memory_mb * mapping.MIB,
             "dir": self._disk_dir(token),
+            "mk": bool(spec.disks or root or seed),
+            "pre": [p for p in (root, seed) if p],  # the root disk first; the seed is hidden from disks
+            "image": image,
+            "nics": [{"sw": str(sw), "mac": mapping.mac_to(mac)} for sw, mac in zip(nets, macs, strict=True)],
             "disks": [{"size": d.size_gib * mapping.GIB, "fixed": not d.thin} for d in spec.disks],
-            "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec), token=token),
+            "notes": mapping.encode_notes(dict(spec.metadata), self._labels(spec), token=token, image=image),
             "start": spec.start,
             "ha": spec.metadata.get(HA_METADATA_KEY, "").lower() == "true",
             "node": spec.node,
@@ -317,6 +359,8 @@ class HypervDriver(Driver):
     def destroy(self, instance_id: str) -> None:
         vid = _check_id(instance_id)
         self._run("destroy", {"id": vid}, instance_id=instance_id)
+        with self._metrics_lock:
+            self._metrics_seen.pop(vid, None)
         if self._events is not None:
             self._events.observe(vid, None)
 
@@ -371,7 +415,8 @@ class HypervDriver(Driver):
             raise InstanceNotFound(instance_id)
         _, metadata, labels = mapping.decode_notes(raw.get("Notes"))
         file = f"disk-{uuid.uuid4().hex[:12]}.vhdx"
-        notes = mapping.encode_notes(metadata, {**labels, file: disk.label}) if disk.label else None
+        image = mapping.image_of(raw.get("Notes"))
+        notes = mapping.encode_notes(metadata, {**labels, file: disk.label}, image=image) if disk.label else None
         args = {
             "id": info.id,
             "root": self.settings.storage_path,
@@ -424,7 +469,8 @@ class HypervDriver(Driver):
     def _move(self, instance_id: str, node: str | None, live: bool, progress: ProgressCallback | None) -> InstanceInfo:
         if progress:
             progress(0.0, f"{'live' if live else 'cold'} migration to {node or 'another node'}")
-        info = self._vm("move", instance_id, node=node, live=live)
+        # The cluster's word for the kind of move travels as data, like every other argument.
+        info = self._vm("move", instance_id, node=node, live=live, mt="Live" if live else "Quick")
         if progress:
             progress(1.0, f"on {info.node}")
         return info
@@ -550,6 +596,64 @@ class HypervDriver(Driver):
             if (f.kind == "instance" and f.ref in gone)
             or (f.kind == "disk" and f.ref.replace("/", "\\").rsplit("\\", 1)[0].lower() in removed_dirs)
         ]
+
+    # -- workloads (contract 1.2): see virtdrivers_hyperv.workloads ------------------------------------
+
+    def list_images(self) -> list[Image]:
+        return [mapping.image_from(o) for o in mapping.as_list(self._run("images", {"lib": self.settings.image_path}))]
+
+    def list_networks(self) -> list[Network]:
+        return [mapping.network_from(o) for o in mapping.as_list(self._run("networks"))]
+
+    def attach_nic(self, instance_id: str, nic: NicSpec) -> NicInfo:
+        vid = _check_id(instance_id)
+        workloads.check_nic(nic, "nic")
+        mac = mapping.mac_to(nic.mac or workloads.new_mac())
+        return mapping.nic_from(self._run("nic_add", {"id": vid, "net": nic.network, "mac": mac}, instance_id=vid))
+
+    def detach_nic(self, instance_id: str, nic_id: str) -> None:
+        vid = _check_id(instance_id)
+        self._run("nic_remove", {"id": vid, "nic": str(nic_id)}, instance_id=vid)
+
+    def guest_addresses(self, instance_id: str) -> list[GuestAddress]:
+        vid = _check_id(instance_id)
+        value = self._run("addresses", {"id": vid}, instance_id=vid)
+        return mapping.addresses_from(value, datetime.datetime.now(datetime.UTC))
+
+    def console_connection(self, instance_id: str) -> ConsoleConnection:
+        """vmconnect's RDP console on the VM's host (port from the host's terminal service settings).
+
+        The client connects to ``host:port`` and names the VM by its id (the instance id), as
+        compute-hyperv's RDP console does; there is no ticket: the host authenticates the user.
+        """
+        vid = _check_id(instance_id)
+        value = self._run("console", {"id": vid}, instance_id=vid)
+        found: dict[str, Any] = value if isinstance(value, dict) else {}
+        port = found.get("Port")
+        return ConsoleConnection(kind="rdp", host=str(found.get("Host")), port=port if isinstance(port, int) else 2179)
+
+    def instance_metrics(self, instance_id: str) -> InstanceMetrics:
+        """Measure-VM's report as cumulative counters.
+
+        Measure-VM gives CPU as an average in whole MHz over the metering duration, so the CPU time
+        derived from it can dip by up to a megahertz's worth between two readings while the VM is
+        off (the duration grows, the rounded average falls). A counter must not go down: each
+        counter is held at the highest value this driver object reported for the instance.
+        """
+        vid = _check_id(instance_id)
+        value = self._run("metrics", {"id": vid}, instance_id=vid)
+        now = mapping.metrics_from(value if isinstance(value, dict) else {}, vid, datetime.datetime.now(datetime.UTC))
+        with self._metrics_lock:
+            seen = self._metrics_seen.get(vid)
+            if seen is not None:
+                update = {
+                    k: max(v, getattr(seen, k))
+                    for k, v in now.model_dump().items()
+                    if isinstance(v, int) and isinstance(getattr(seen, k), int)
+                }
+                now = now.model_copy(update=update)
+            self._metrics_seen[vid] = now
+        return now
 
     # -- events ------------------------------------------------------------------------------------------
 

@@ -37,21 +37,29 @@ from virtdrivers.errors import (
 from virtdrivers.objects import (
     Aggregate,
     DiskInfo,
+    GuestAddress,
     HAPriority,
     HAState,
     HostResources,
+    Image,
     InstanceInfo,
+    InstanceMetrics,
+    Network,
+    NicInfo,
     NodeInfo,
     PowerState,
     SnapshotInfo,
 )
+from virtdrivers_hyperv.scripts import SEED_FILE
 
 __all__ = [
     "GIB",
     "HYPERVISOR_TYPE",
     "MIB",
+    "NIC_MODEL",
     "NOTES_MARKER",
     "PSError",
+    "addresses_from",
     "aggregates_from",
     "as_list",
     "create_token_of",
@@ -61,7 +69,14 @@ __all__ = [
     "error_from",
     "ha_from",
     "host_from",
+    "image_from",
+    "image_of",
     "instance_from",
+    "mac_from",
+    "mac_to",
+    "metrics_from",
+    "network_from",
+    "nic_from",
     "nodes_from",
     "parse_clixml",
     "parse_output",
@@ -74,6 +89,8 @@ __all__ = [
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 HYPERVISOR_TYPE = "hyperv"
+#: Hyper-V's one NIC model on generation 2 VMs: the synthetic (VMBus) network adapter, netvsc in Linux.
+NIC_MODEL = "synthetic"
 #: Key in a VM's Notes (JSON) that marks it as created or adopted by virtdrivers.
 NOTES_MARKER = "virtdrivers"
 
@@ -164,14 +181,21 @@ def power_state(state: Any) -> PowerState:
 
 
 def encode_notes(
-    metadata: dict[str, str], labels: dict[str, str], original: str | None = None, token: str | None = None
+    metadata: dict[str, str],
+    labels: dict[str, str],
+    original: str | None = None,
+    token: str | None = None,
+    image: str | None = None,
 ) -> str:
-    """Notes text for a managed VM; ``original`` keeps an adopted pet's own notes, ``token`` marks a create."""
+    """Notes text for a managed VM; ``original`` keeps an adopted pet's own notes, ``token`` marks a create,
+    ``image`` is the image its root disk was made from (Hyper-V itself keeps no such link for a copy)."""
     doc: dict[str, Any] = {NOTES_MARKER: 1, "meta": metadata, "labels": labels}
     if original:
         doc["orig"] = original
     if token:
         doc["create"] = token
+    if image:
+        doc["image"] = image
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
@@ -188,6 +212,14 @@ def decode_notes(notes: Any) -> tuple[bool, dict[str, str], dict[str, str]]:
     meta: dict[str, Any] = doc["meta"] if isinstance(doc.get("meta"), dict) else {}
     labels: dict[str, Any] = doc["labels"] if isinstance(doc.get("labels"), dict) else {}
     return True, {str(k): str(v) for k, v in meta.items()}, {str(k): str(v) for k, v in labels.items()}
+
+
+def image_of(notes: Any) -> str | None:
+    """The image id a managed VM's Notes record, else None."""
+    if not decode_notes(notes)[0]:
+        return None
+    image = json.loads(notes).get("image")
+    return image if isinstance(image, str) else None
 
 
 def create_token_of(notes: Any) -> str | None:
@@ -236,9 +268,105 @@ def instance_from(obj: dict[str, Any]) -> InstanceInfo:
         memory_mb=int(obj.get("Mem") or 0) // MIB,
         node=host,
         host=host,
-        disks=tuple(disk_from(d, labels) for d in as_list(obj.get("Disks"))),
+        disks=tuple(
+            disk_from(d, labels) for d in as_list(obj.get("Disks")) if file_name(str(d.get("Path") or "")) != SEED_FILE
+        ),
         metadata=metadata,
         managed=managed,
+        image=image_of(obj.get("Notes")),
+        nics=tuple(nic_from(n) for n in as_list(obj.get("Nics"))),
+    )
+
+
+def mac_from(value: Any) -> str:
+    """Hyper-V's ``00155D010203`` as ``00:15:5d:01:02:03``."""
+    text = str(value or "").replace(":", "").replace("-", "").lower()
+    return ":".join(text[i : i + 2] for i in range(0, len(text), 2))
+
+
+def mac_to(mac: str) -> str:
+    """A contract MAC (``52:54:00:12:34:56``) as Hyper-V's -StaticMacAddress wants it (``525400123456``)."""
+    return mac.replace(":", "").replace("-", "").upper()
+
+
+def nic_from(obj: dict[str, Any]) -> NicInfo:
+    return NicInfo(
+        id=str(obj.get("Id") or ""),
+        network=str(obj.get("SwitchName") or ""),
+        mac=mac_from(obj.get("MacAddress")),
+        model=NIC_MODEL,
+    )
+
+
+def ip_list(value: Any) -> tuple[str, ...]:
+    """An adapter's IPAddresses: a JSON array, one string (a one-element array unwrapped), or the
+    space-joined text Windows PowerShell writes for an array nested deeper than ``-Depth``."""
+    return tuple(a for item in as_list(value) for a in str(item).split() if a)
+
+
+def image_from(obj: dict[str, Any]) -> Image:
+    """An image in the library: a VHDX file. Its checksum is the file's length and last write time, which
+    change whenever anything writes the file (reading the whole file for a hash would take minutes)."""
+    written = parse_ps_date(obj.get("Time"))
+    size = obj.get("Size")
+    name = str(obj.get("Name") or "")
+    return Image(
+        id=name,
+        name=name.rsplit(".", 1)[0],
+        disk_format=DiskFormat.VHDX if name.lower().endswith(".vhdx") else None,
+        virtual_size_bytes=int(size) if isinstance(size, int) else 0,
+        min_disk_gib=-(-int(size) // GIB) if isinstance(size, int) else 0,
+        checksum=f"{obj.get('Len')}-{int(written.timestamp() * 1000) if written else 0}",
+    )
+
+
+def network_from(obj: dict[str, Any]) -> Network:
+    kind = {0: "private", 1: "internal", 2: "external"}.get(obj.get("Type"), "switch")  # type: ignore[arg-type]
+    return Network(id=str(obj.get("Id") or "").lower(), name=str(obj.get("Name") or ""), kind=f"switch:{kind}")
+
+
+def addresses_from(value: Any, now: datetime.datetime) -> list[GuestAddress]:
+    """KVP's addresses per adapter, for adapters that have any (a guest that has not reported has none)."""
+    found = []
+    for obj in as_list(value):
+        if not obj.get("Kvp"):
+            continue
+        addresses = ip_list(obj.get("IPAddresses"))
+        if addresses:
+            mac = mac_from(obj.get("MacAddress"))
+            found.append(GuestAddress(mac=mac, addresses=addresses, source="kvp", observed_at=now))
+    return found
+
+
+def metrics_from(obj: dict[str, Any], instance_id: str, now: datetime.datetime) -> InstanceMetrics:
+    """Measure-VM's report as cumulative counters.
+
+    CPU time is derived: the average MHz over the metering duration, divided by the host's clock, is the
+    number of busy cores on average; times the duration, the CPU seconds. Disk and network totals come in
+    MB (whole megabytes), so they grow in 1 MiB steps.
+    """
+
+    def number(key: str) -> float | None:
+        value = obj.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    mhz, clock, secs = number("Mhz"), number("Clock"), number("Secs")
+    cpu = int(mhz / clock * secs * 1e9) if mhz is not None and clock and secs is not None else None
+
+    def mb(key: str) -> int | None:
+        value = number(key)
+        return int(value) * MIB if value is not None else None
+
+    ram = number("Ram")
+    return InstanceMetrics(
+        instance_id=instance_id,
+        timestamp=now,
+        cpu_time_ns=cpu,
+        memory_used_mb=int(ram) if ram is not None else None,
+        disk_read_bytes=mb("Read"),
+        disk_write_bytes=mb("Written"),
+        net_rx_bytes=mb("In"),
+        net_tx_bytes=mb("Out"),
     )
 
 
@@ -355,6 +483,15 @@ def parse_clixml(stderr: bytes) -> PSError:
     )
 
 
+_NIC_INDEX = re.compile(r" for NIC (\d+)\.$")
+
+
+def _nic_field(message: str) -> str:
+    """``nics.N.network`` for the create script's "... for NIC N." message, ``nic.network`` for attach_nic's."""
+    match = _NIC_INDEX.search(message)
+    return f"nics.{match.group(1)}.network" if match else "nic.network"
+
+
 def error_from(err: PSError, *, instance_id: str | None = None) -> DriverError:
     """The virtdrivers error for a PowerShell error record."""
     msg = f"Hyper-V: {err.message}"
@@ -363,6 +500,9 @@ def error_from(err: PSError, *, instance_id: str | None = None) -> DriverError:
         "VDNameExists": InvalidSpec(err.message, field="name"),
         "VDSameNode": InvalidSpec(err.message, field="node"),
         "VDSnapExists": Conflict(msg),
+        "VDNoImage": InvalidSpec(err.message, field="image"),
+        "VDNoSwitch": InvalidSpec(err.message, field=_nic_field(err.message)),
+        "VDNicNotFound": NotFound(msg),
     }
     if err.error_id in by_id:
         return by_id[err.error_id]

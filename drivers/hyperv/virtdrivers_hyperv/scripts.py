@@ -28,7 +28,11 @@ __all__ = [
     "COMPLETE_MARKER",
     "DATA_PREFIX",
     "DATA_SUFFIX",
+    "ROOT_FILE",
     "SCRIPTS",
+    "SEED_BYTES",
+    "SEED_FILE",
+    "SEED_LABEL",
     "STDIN_LINE",
     "TOKEN_DIR_PREFIX",
     "ScriptTooLong",
@@ -84,14 +88,16 @@ _FIND = (
     'Fail "Hyper-V was unable to find a virtual machine with ID $id." ObjectNotFound VDVMNotFound};$v}\n'
 )
 
-# Projection of VMs with their disks; one Get-VHD call for every disk of every VM.
+# Projection of VMs with their disks and NICs; one Get-VHD call per node for the disks of its VMs: on shared
+# storage a VHD in use by a VM can be read only from the host running it (Get-VHD's documentation).
 _INFO = (
-    "function Get-VDInfo($vms){$p=@($vms|%{$_.HardDrives}|?{$_.Path}|"
-    "%{$_.Path});$h=@{};if($p.Count){Get-VHD -Path $p|%{$h[$_.Path]=$_}};"
+    "function Get-VDInfo($vms){$h=@{};$vms|Group-Object ComputerName|%{$p=@($_.Group.HardDrives.Path|?{$_});"
+    "if($p.Count){Get-VHD -ComputerName $_.Name -Path $p|%{$h[$_.Path]=$_}}};"
     "foreach($v in $vms){[pscustomobject]@{Id=[string]$v.Id;Name=$v.Name;State=$v.State;"
     "Cpu=$v.ProcessorCount;Mem=$v.MemoryStartup;Host=$v.ComputerName;Notes=$v.Notes;Clustered=$v.IsClustered;"
-    "Disks=@($v.HardDrives|?{$_.Path}|%{$d=$h[$_.Path];[pscustomobject]@{"
-    "Path=$_.Path;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat}})}}}\n"
+    "Disks=@($v.HardDrives.Path|?{$_}|%{$d=$h[$_];[pscustomobject]@{"
+    "Path=$_;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat}});"
+    "Nics=@($v.NetworkAdapters|Select-Object 'Id','SwitchName','MacAddress','IPAddresses')}}}\n"
 )
 
 _FRESH = "function Get-VDFresh($v){Get-VM -ComputerName $v.ComputerName -Id $v.Id}\n"
@@ -210,13 +216,15 @@ SCRIPTS: dict[str, str] = {
     "MemoryStartup -Sum).Sum}|Select-Object -First 1}\n"
     "$vm=$null;$g=$null;$made=@()\n"
     "try{\n"
-    "if($a.disks.Count){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}\n"
+    "if($a.mk){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}\n"
     '$i=0;foreach($d in $a.disks){$f=Join-Path $a.dir "disk$i.vhdx";$i++\n'
     "if($d.fixed){New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Fixed|Out-Null}"
     "else{New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Dynamic|Out-Null};$made+=$f}\n"
     "$vm=New-VM -ComputerName $n -Name $a.name -Generation 2 -MemoryStartupBytes $a.mem -NoVHD\n"
     "Set-VM -VM $vm -Notes $a.notes\n"
-    "foreach($f in $made){Add-VMHardDiskDrive -VM $vm -Path $f}\n"
+    "Get-VMNetworkAdapter -VM $vm|Remove-VMNetworkAdapter\n"
+    "foreach($x in $a.nics){Add-VMNetworkAdapter -VM $vm -SwitchName $x.sw -StaticMacAddress $x.mac}\n"
+    "foreach($f in @($a.pre)+$made){Add-VMHardDiskDrive -VM $vm -Path $f}\n"
     "Set-VMProcessor -VM $vm -Count $a.cpu\n"
     "Set-VMMemory -VM $vm -DynamicMemoryEnabled $false -StartupBytes $a.mem\n"
     "if($a.ha){$g=Add-ClusterVirtualMachineRole -VMId $vm.Id -Name ([string]$vm.Id)}\n"
@@ -224,8 +232,7 @@ SCRIPTS: dict[str, str] = {
     "}catch{$e=$_\n"
     "if($g){Remove-ClusterGroup -InputObject $g -RemoveResources -Force -EA 0}\n"
     "if($vm){Stop-VM -VM $vm -TurnOff -Force -EA 0;Remove-VM -VM $vm -Force}\n"
-    "foreach($f in $made){Remove-Item -LiteralPath $f -Force -EA 0}\n"
-    "if($a.disks.Count){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}\n"
+    "if($a.mk){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}\n"
     "throw $e}\n"
     "Out-VD ([string]$vm.Id)\n",
     "destroy": _PRELUDE + _OUT + _NODES + _FIND + _REMOVE_VM + "Remove-VDVM (Get-VDVM $a.id)\nOut-VD @()\n",
@@ -247,6 +254,7 @@ SCRIPTS: dict[str, str] = {
         "if($a.dir -and (Test-Path -LiteralPath $a.dir)){Set-Content -LiteralPath (Join-Path $a.dir "
         + f"'{COMPLETE_MARKER}') -Value $a.token}}\n"
         + "if($vm.Notes -ceq $a.was){Set-VM -VM $vm -Notes $a.notes;$vm=Get-VDFresh $vm}\n"
+        + "if(-not $vm.ResourceMeteringEnabled){Enable-VMResourceMetering -VM $vm}\n"
     ),
     # What interrupted creates may have left: VMs whose Notes carry a create token, and the token
     # folders under $a.root with whether any VM refers to them and whether they are marked complete.
@@ -309,7 +317,7 @@ SCRIPTS: dict[str, str] = {
     "try{Add-VMHardDiskDrive -VM $vm -Path $a.path}catch{$e=$_;"
     "Remove-Item -LiteralPath $a.path -Force -EA 0;throw $e}\n"
     "if($a.notes){Set-VM -VM $vm -Notes $a.notes}\n"
-    "$d=Get-VHD -Path $a.path\n"
+    "$d=Get-VHD -ComputerName $vm.ComputerName -Path $a.path\n"
     "Out-VD ([pscustomobject]@{Path=$d.Path;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat})\n",
     "detach": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
     "$d=@($vm.HardDrives|?{$_.Path -eq $a.path})\n"
@@ -344,7 +352,7 @@ SCRIPTS: dict[str, str] = {
         " InvalidOperation VDInvalidState}\n"
         "$t=Get-VDTarget $vm $a.node\n"
         "if($vm.IsClustered){Move-ClusterVirtualMachineRole -Name ([string]$vm.Id) -Node $t "
-        "-MigrationType $(if($a.live){'Live'}else{'Quick'})|Out-Null}else{Move-VM -VM $vm -DestinationHost $t}\n"
+        "-MigrationType $a.mt|Out-Null}else{Move-VM -VM $vm -DestinationHost $t}\n"
         "$vm=Get-VM -ComputerName $t -Id $vm.Id\n",
         _TARGET,
     ),
@@ -376,6 +384,86 @@ SCRIPTS: dict[str, str] = {
     "Import-VM -Path $p -Register -ComputerName $t|Out-Null}\n"
     "Out-VD @(Get-VDInfo @(Get-VM -ComputerName $t -Id $a.id))\n",
 }
+
+
+#: File names inside a create's token folder: the root disk made from an image, and the NoCloud seed.
+ROOT_FILE = "root.vhdx"
+SEED_FILE = "cidata.vhdx"
+#: The seed's volume label, which cloud-init's NoCloud (and cloudbase-init's) datasource looks for.
+SEED_LABEL = "cidata"
+#: Size of the seed VHDX: small, and enough for FAT to format (3 MB is New-VHD's minimum).
+SEED_BYTES = 32 * 1024 * 1024
+
+# Workloads (contract 1.2): images are VHDX files in a library folder, networks are virtual switches,
+# user data goes on a FAT volume labelled ``cidata`` in a small VHDX, addresses come from the KVP
+# data exchange (Get-VMNetworkAdapter), metrics from resource metering (Measure-VM).
+SCRIPTS.update(
+    {
+        "images": _PRELUDE + _OUT + "$f=@(Get-ChildItem -LiteralPath $a.lib -File -Filter '*.vhdx' -EA 0);$h=@{}\n"
+        "if($f.Count){Get-VHD -Path @($f|%{$_.FullName})|%{$h[$_.Path]=$_}}\n"
+        "Out-VD @($f|%{$d=$h[$_.FullName];[pscustomobject]@{Name=$_.Name;Path=$_.FullName;Len=$_.Length;"
+        "Time=$_.LastWriteTimeUtc;Size=$d.Size;Type=$d.VhdType;Parent=$d.ParentPath}})\n",
+        "networks": _PRELUDE + _OUT + "Out-VD @(Get-VMSwitch|%{[pscustomobject]@{Id=[string]$_.Id;Name=$_.Name;"
+        "Type=$_.SwitchType}})\n",
+        # Before create: resolve the image and the switches (read only, typed errors), then make the
+        # root disk (a differencing child of the image, or a copy) and the seed in the create's folder.
+        "prepare": _PRELUDE + _OUT + "$o=[pscustomobject]@{Image=$null;Root=$null;Seed=$null;Nets=@()}\n"
+        "if($a.image){$i=@(Get-ChildItem -LiteralPath $a.lib -File -Filter '*.vhdx' -EA 0|"
+        "?{$_.Name -eq $a.image -or $_.BaseName -eq $a.image})\n"
+        'if($i.Count -ne 1){Fail "No image named $($a.image) in the library." InvalidArgument VDNoImage}\n'
+        "$o.Image=$i[0].FullName}\n"
+        "$w=@(Get-VMSwitch);$k=0\n"
+        "foreach($x in @($a.nets)){$s=@($w|?{[string]$_.Id -eq $x -or $_.Name -eq $x})\n"
+        'if($s.Count -ne 1){Fail "No virtual switch named $x for NIC $k." InvalidArgument VDNoSwitch}\n'
+        "$o.Nets+=$s[0].Name;$k++}\n"
+        "if($a.image -or $a.seed){try{New-Item -ItemType Directory -Path $a.dir -Force|Out-Null\n"
+        + f"if($o.Image){{$o.Root=Join-Path $a.dir '{ROOT_FILE}'\n"
+        "if($a.copy){Copy-Item -LiteralPath $o.Image -Destination $o.Root}"
+        "else{New-VHD -Path $o.Root -ParentPath $o.Image -Differencing|Out-Null}}\n"
+        + f"if($a.seed){{$o.Seed=Join-Path $a.dir '{SEED_FILE}'\n"
+        + f"New-VHD -Path $o.Seed -SizeBytes {SEED_BYTES} -Dynamic|Out-Null\n"
+        "$d=Mount-VHD -Path $o.Seed -Passthru\n"
+        "try{$v=Initialize-Disk -Number $d.DiskNumber -PartitionStyle MBR -PassThru|"
+        "New-Partition -UseMaximumSize -AssignDriveLetter|"
+        + f"Format-Volume -FileSystem FAT -NewFileSystemLabel {SEED_LABEL} -Confirm:$false -Force\n"
+        'foreach($x in @($a.seed)){[IO.File]::WriteAllBytes("$($v.DriveLetter):\\$($x.n)",'
+        "[Convert]::FromBase64String($x.b))}}\n"
+        "finally{Dismount-VHD -Path $o.Seed}}\n"
+        "}catch{$e=$_;Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0;throw $e}}\n"
+        "Out-VD $o\n",
+        "nic_add": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+        "$s=@(Get-VMSwitch|?{[string]$_.Id -eq $a.net -or $_.Name -eq $a.net})\n"
+        'if($s.Count -ne 1){Fail "No virtual switch named $($a.net)." InvalidArgument VDNoSwitch}\n'
+        "$n=Add-VMNetworkAdapter -VM $vm -SwitchName $s[0].Name -StaticMacAddress $a.mac -Passthru\n"
+        "Out-VD ($n|Select-Object 'Id','SwitchName','MacAddress','IPAddresses')\n",
+        "nic_remove": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+        "$n=@(Get-VMNetworkAdapter -VM $vm|?{$_.Id -eq $a.nic})\n"
+        'if(-not $n.Count){Fail "The network adapter $($a.nic) is not on this virtual machine." ObjectNotFound '
+        "VDNicNotFound}\n"
+        "Remove-VMNetworkAdapter -VMNetworkAdapter $n[0]\n"
+        "Out-VD @()\n",
+        # KVP: what the guest's data exchange service reported, per adapter; nothing while it is not running.
+        "addresses": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+        "$k=@(Get-VMIntegrationService -VM $vm|?{$_.Name -eq 'Key-Value Pair Exchange'})\n"
+        "Out-VD @(Get-VMNetworkAdapter -VM $vm|%{[pscustomobject]@{MacAddress=$_.MacAddress;"
+        "IPAddresses=$_.IPAddresses;Kvp=($k.Count -gt 0 -and $k[0].Enabled)}})\n",
+        # Resource metering is enabled at create; a VM adopted without it is enabled on first use.
+        "metrics": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+        "if(-not $vm.ResourceMeteringEnabled){Enable-VMResourceMetering -VM $vm}\n"
+        "$r=Measure-VM -VM $vm\n"
+        "$c=@(Get-CimInstance -ClassName Win32_Processor -ComputerName $vm.ComputerName)[0].MaxClockSpeed\n"
+        "$t=@($r.NetworkMeteredTrafficReport)\n"
+        "Out-VD ([pscustomobject]@{Mhz=$r.AverageProcessorUsage;Clock=$c;Secs=$r.MeteringDuration.TotalSeconds;"
+        "Ram=$r.AverageMemoryUsage;Read=$r.AggregatedDiskDataRead;Written=$r.AggregatedDiskDataWritten;"
+        "In=($t|?{$_.Direction -eq 'Inbound'}|Measure-Object -Property TotalTraffic -Sum).Sum;"
+        "Out=($t|?{$_.Direction -eq 'Outbound'}|Measure-Object -Property TotalTraffic -Sum).Sum})\n",
+        # vmconnect's RDP endpoint on the VM's host: the listener port of the Hyper-V terminal service.
+        "console": _PRELUDE + _OUT + _NODES + _FIND + "$vm=Get-VDVM $a.id\n"
+        "$p=@(Get-CimInstance -Namespace root\\virtualization\\v2 -ClassName Msvm_TerminalServiceSettingData "
+        "-ComputerName $vm.ComputerName)[0].ListenerPort\n"
+        "Out-VD ([pscustomobject]@{Host=$vm.ComputerName;Port=$p})\n",
+    }
+)
 
 
 def _encode(args: dict[str, Any]) -> str:

@@ -74,6 +74,8 @@ class HypervSettings(DriverSettings):
     """Basic sends the password in clear text over plain HTTP: refused unless this is set."""
     storage_path: str = Field(default="C:\\ClusterStorage\\Volume1\\virtdrivers", min_length=3, max_length=200)
     """Where new VHDX files go: a path every cluster node sees (a CSV or SMB share)."""
+    image_path: str = Field(default="C:\\ClusterStorage\\Volume1\\images", min_length=3, max_length=200)
+    """The image library: a folder of base VHDX files, on storage every node sees. Never written by the driver."""
     operation_timeout: int = Field(default=20, ge=1, le=3600)
     """WS-Management OperationTimeout of one Receive, in seconds; long scripts span several."""
     task_timeout: float = Field(default=900.0, gt=0)

@@ -12,5 +12,5 @@ New-Item -ItemType Directory -Path $dir -Force|Out-Null
 if($a.fixed){New-VHD -ComputerName $vm.ComputerName -Path $a.path -SizeBytes $a.size -Fixed|Out-Null}else{New-VHD -ComputerName $vm.ComputerName -Path $a.path -SizeBytes $a.size -Dynamic|Out-Null}
 try{Add-VMHardDiskDrive -VM $vm -Path $a.path}catch{$e=$_;Remove-Item -LiteralPath $a.path -Force -EA 0;throw $e}
 if($a.notes){Set-VM -VM $vm -Notes $a.notes}
-$d=Get-VHD -Path $a.path
+$d=Get-VHD -ComputerName $vm.ComputerName -Path $a.path
 Out-VD ([pscustomobject]@{Path=$d.Path;Size=$d.Size;Type=$d.VhdType;Format=$d.VhdFormat})

@@ -9,12 +9,14 @@ if(@(Get-VM -ComputerName $all|?{$_.Name -eq $a.name}).Count){Fail "A virtual ma
 $n=if($a.node){$a.node}else{$all|Sort-Object{(Get-VM -ComputerName $_|Measure-Object -Property MemoryStartup -Sum).Sum}|Select-Object -First 1}
 $vm=$null;$g=$null;$made=@()
 try{
-if($a.disks.Count){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}
+if($a.mk){New-Item -ItemType Directory -Path $a.dir -Force|Out-Null}
 $i=0;foreach($d in $a.disks){$f=Join-Path $a.dir "disk$i.vhdx";$i++
 if($d.fixed){New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Fixed|Out-Null}else{New-VHD -ComputerName $n -Path $f -SizeBytes $d.size -Dynamic|Out-Null};$made+=$f}
 $vm=New-VM -ComputerName $n -Name $a.name -Generation 2 -MemoryStartupBytes $a.mem -NoVHD
 Set-VM -VM $vm -Notes $a.notes
-foreach($f in $made){Add-VMHardDiskDrive -VM $vm -Path $f}
+Get-VMNetworkAdapter -VM $vm|Remove-VMNetworkAdapter
+foreach($x in $a.nics){Add-VMNetworkAdapter -VM $vm -SwitchName $x.sw -StaticMacAddress $x.mac}
+foreach($f in @($a.pre)+$made){Add-VMHardDiskDrive -VM $vm -Path $f}
 Set-VMProcessor -VM $vm -Count $a.cpu
 Set-VMMemory -VM $vm -DynamicMemoryEnabled $false -StartupBytes $a.mem
 if($a.ha){$g=Add-ClusterVirtualMachineRole -VMId $vm.Id -Name ([string]$vm.Id)}
@@ -22,7 +24,6 @@ if($a.start){Start-VM -VM $vm}
 }catch{$e=$_
 if($g){Remove-ClusterGroup -InputObject $g -RemoveResources -Force -EA 0}
 if($vm){Stop-VM -VM $vm -TurnOff -Force -EA 0;Remove-VM -VM $vm -Force}
-foreach($f in $made){Remove-Item -LiteralPath $f -Force -EA 0}
-if($a.disks.Count){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}
+if($a.mk){Remove-Item -LiteralPath $a.dir -Recurse -Force -EA 0}
 throw $e}
 Out-VD ([string]$vm.Id)

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtdrivers.capabilities import Capability
 from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
 from virtdrivers.errors import BackendUnavailable
 from virtdrivers.testing.process import stop_child
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "arm_fault",
     "embedded_endpoints",
+    "read_carrier",
     "run_simulator",
     "set_guest_ignores_shutdown",
     "set_node_state",
@@ -160,7 +162,38 @@ def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: boo
     set_node_state(settings, node, down)
 
 
-_HOOKS = EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node)
+def _read_user_data(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> str | None:
+    """``user-data`` from the ``cidata`` volume on the VM's disks, read from the simulator's model (not
+    through the driver): the bytes the prepare script wrote there, as cloud-init's NoCloud would read them."""
+    files = read_carrier(settings, instance_id)
+    if files is None or "user-data" not in files:
+        return None
+    return files["user-data"].decode("utf-8")
+
+
+_HOOKS = EndpointHooks(
+    fail_next_create=_fail_next_create,
+    ignore_acpi=_ignore_acpi,
+    fail_node=_fail_node,
+    read_user_data=_read_user_data,
+)
+#: How each workload cell is earned on these endpoints, where the behaviour is simulated.
+_NOTES: dict[Capability, str] = {
+    Capability.IMAGES: "VHDX files in the simulator's image library folder, listed with Get-ChildItem and Get-VHD",
+    Capability.IMAGE_COW: "New-VHD -Differencing children in the simulator's model, which refuses any write to a "
+    "parent while it has children; the guest writes (simulated) go to the child",
+    Capability.IMAGE_COPY: "Copy-Item of the image's VHDX in the simulator's model",
+    Capability.NETWORKS: "three virtual switches (external, internal, private) in the simulator's model",
+    Capability.NIC_HOTPLUG: "Add-/Remove-VMNetworkAdapter on a running generation 2 VM in the simulator's model",
+    Capability.USER_DATA: "a NoCloud seed (FAT volume labelled cidata in a VHDX, built by Mount-VHD, "
+    "Initialize-Disk, New-Partition, Format-Volume) in the simulator's model; the hook reads user-data back from "
+    "that volume; no guest boots to read it",
+    Capability.GUEST_ADDRESSES: "addresses are set by the simulator one second after Start-VM on adapters "
+    "connected to a switch, as the KVP data exchange would report them; no guest boots",
+    Capability.CONSOLE_CONNECT: "vmconnect's RDP endpoint (host, ListenerPort 2179) as the simulator answers the "
+    "CIM query; nobody connects to it",
+    Capability.METRICS: "Measure-VM counters the simulator accrues at a fixed synthetic rate while a VM runs",
+}
 _SIMULATOR = "virtdrivers Hyper-V simulator"
 #: What the simulator's model reports (Os 10.0.20348, PowerShell 5.1.20348), see ``handlers.h_info``.
 _IMITATES = "Hyper-V on Windows Server 2022 (10.0.20348), failover cluster, Windows PowerShell 5.1"
@@ -182,6 +215,8 @@ def embedded_endpoints() -> Sequence[EmbeddedEndpoint]:
         "backend_version": _version(),
         "imitates": _IMITATES,
         "hooks": _HOOKS,
+        "notes": _NOTES,
+        "guest_boot_timeout": 30.0,
     }
     return (
         EmbeddedEndpoint(
@@ -232,6 +267,28 @@ def set_node_state(settings: Mapping[str, Any], node: str, down: bool) -> None:
 def arm_fault(settings: Mapping[str, Any], cmdlet: str) -> None:
     """Make the next call of ``cmdlet`` in a running simulator fail (a storage outage)."""
     _knob(settings, f"faults/{cmdlet}", f"arm a fault in {cmdlet!r}")
+
+
+def read_carrier(settings: Mapping[str, Any], instance_id: str, label: str = "cidata") -> dict[str, bytes] | None:
+    """The files on a VM's attached volume labelled ``label`` in a running simulator, or None."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    scheme = "https" if settings.get("https", True) else "http"
+    path = urllib.parse.quote(f"vms/{instance_id}/carrier/{label}")
+    url = f"{scheme}://{settings['host']}:{settings['port']}/_sim/{path}"
+    context = ssl.create_default_context(cafile=settings.get("ca_file")) if scheme == "https" else None
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+            files = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise BackendUnavailable(f"the simulator refused to read a carrier: HTTP {exc.code}") from None
+    return {str(k): base64.b64decode(v) for k, v in files.items()}
 
 
 def set_guest_ignores_shutdown(settings: Mapping[str, Any], instance_id: str, ignores: bool) -> None:

@@ -62,10 +62,14 @@ def _find(m: Model, a: dict[str, Any]) -> VM:
 
 def _info(m: Model, vms: list[VM]) -> list[dict[str, Any]]:
     out = []
+    holders = m.wl.holders()
     for v in vms:
         disks = []
         for path in v.drives:
+            # Get-VHD -ComputerName <the VM's node>: the one host that may read a disk its VM holds open.
             vhd = m.vhds.get(path.replace("/", "\\").lower())
+            if vhd is not None:
+                m.get_vhd(path, host=v.host, holders=holders)
             disks.append(
                 {
                     "Path": path,
@@ -85,6 +89,10 @@ def _info(m: Model, vms: list[VM]) -> list[dict[str, Any]]:
                 "Notes": v.notes,
                 "Clustered": m.group_of(v) is not None,
                 "Disks": disks,
+                "Nics": [
+                    {"Id": n.id, "SwitchName": n.switch, "MacAddress": n.mac, "IPAddresses": m.wl.addresses(v, n)}
+                    for n in v.nics
+                ],
             }
         )
     return out
@@ -204,7 +212,7 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
     group = None
     made: list[str] = []
     try:
-        if a.get("disks"):
+        if a.get("mk"):
             m.new_directory(str(a["dir"]))
         for i, d in enumerate(a.get("disks") or []):
             path = f"{a['dir']}\\disk{i}.vhdx"
@@ -212,8 +220,11 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
             made.append(path)
         vm = m.new_vm(str(a["name"]), host, int(a["mem"]))
         vm.notes = str(a.get("notes") or "")
-        for path in made:
-            m.add_drive(vm, path)
+        vm.nics.clear()  # Get-VMNetworkAdapter|Remove-VMNetworkAdapter
+        for nic in a.get("nics") or []:
+            m.wl.add_adapter(vm, str(nic["sw"]), str(nic["mac"]))
+        for path in [*(a.get("pre") or []), *made]:
+            m.add_drive(vm, str(path))
         m.set_processor(vm, int(a["cpu"]))
         m.set_memory(vm, int(a["mem"]))
         if a.get("ha"):
@@ -228,9 +239,7 @@ def h_create(m: Model, a: dict[str, Any]) -> Any:
             if vm.state in (RUNNING, PAUSED):
                 vm.state = OFF
             m.remove_vm(vm)
-        for f in made:
-            m.remove_item(f)
-        if a.get("disks"):
+        if a.get("mk"):
             m.remove_item(str(a["dir"]), recurse=True)
         raise
     return vm.id
@@ -305,6 +314,7 @@ def h_complete(m: Model, a: dict[str, Any]) -> Any:
         m.set_content(f"{folder}\\{scripts.COMPLETE_MARKER}", str(a.get("token") or ""))
     if vm.notes == a.get("was"):
         vm.notes = str(a.get("notes") or "")
+    m.wl.enable_metering(vm)
     return _info(m, [vm])
 
 
@@ -407,7 +417,7 @@ def h_attach(m: Model, a: dict[str, Any]) -> Any:
         raise
     if a.get("notes"):
         vm.notes = str(a["notes"])
-    vhd = m.get_vhd(path)
+    vhd = m.get_vhd(path, host=vm.host)
     return {"Path": vhd.path, "Size": vhd.size, "Type": vhd.type, "Format": VHDX}
 
 
@@ -559,6 +569,10 @@ _BY_NAME: dict[str, Handler] = {
     "set_notes": _vm_op(_set_notes),
     "evacuate": h_evacuate,
 }
+
+from virtdrivers_hyperv.simulator.workload_handlers import BY_NAME as _WORKLOADS  # noqa: E402
+
+_BY_NAME.update(_WORKLOADS)
 
 assert set(_BY_NAME) == set(scripts.SCRIPTS), "every script needs its simulator twin"
 

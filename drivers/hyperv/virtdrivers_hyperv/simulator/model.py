@@ -26,7 +26,7 @@ TIB = 1024 * GIB
 RUNNING, OFF, SAVED, PAUSED = 2, 3, 6, 9
 STATE_NAMES = {RUNNING: "Running", OFF: "Off", SAVED: "Saved", PAUSED: "Paused"}
 # VhdType, VhdFormat
-FIXED, DYNAMIC = 2, 3
+FIXED, DYNAMIC, DIFFERENCING = 2, 3, 4
 VHDX = 3
 # ClusterGroupState
 ONLINE, OFFLINE = 0, 1
@@ -78,11 +78,19 @@ class Vhd:
     size: int
     type: int
     host: str
+    parent: str | None = None
+    """A differencing disk's parent (``New-VHD -ParentPath``); see :mod:`.workloads` for the chain rules."""
+    used: int = 0
+    """Bytes the guest wrote into a dynamic or differencing disk (it grows by that much)."""
+    mtime: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    volume: dict[str, Any] | None = None
+    """A volume made on the mounted disk (the NoCloud seed): file system, label, files."""
+    mounted: bool = False
 
     @property
     def file_size(self) -> int:
         # ASSUMPTION: an empty dynamic VHDX occupies 4 MiB; a fixed one its full size.
-        return self.size if self.type == FIXED else 4 * MIB
+        return self.size if self.type == FIXED else 4 * MIB + self.used
 
 
 @dataclass
@@ -113,6 +121,12 @@ class VM:
     ignores_shutdown: bool = False
     """The service is there but the guest never acts on it (hung, or a firmware with no OS): a graceful
     Stop-VM waits for an Off that never comes (an ACPI-deaf guest)."""
+    nics: list[Any] = field(default_factory=list)
+    """Network adapters (:class:`.workloads.Adapter`), in the order they were added."""
+    metering: Any = None
+    """Resource metering counters (:class:`.workloads.Metering`) once Enable-VMResourceMetering ran."""
+    running_since: float | None = None
+    """Monotonic time the guest last booted: KVP addresses appear a boot's time after it."""
 
     def image(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "memory": self.memory, "drives": list(self.drives), "notes": self.notes}
@@ -169,6 +183,9 @@ class Model:
         self.dirs: dict[str, str] = {}
         self.files: dict[str, tuple[str, str]] = {}
         self.groups: dict[str, ClusterGroup] = {}
+        from virtdrivers_hyperv.simulator.workloads import Workloads  # switches, images, KVP, metering
+
+        self.wl = Workloads(self, inv, defaults=inventory is None)
         for spec in inv.get("vms", _DEFAULT_VMS if inventory is None else []):
             self._seed_vm(spec)
 
@@ -185,6 +202,8 @@ class Model:
             ignores_shutdown=bool(spec.get("ignores_shutdown", False)),
         )
         vm.config = self.config_path(vm.id)
+        for switch in spec.get("nics", []):
+            self.wl.add_adapter(vm, str(switch), None)
         for i, size in enumerate(spec.get("disks_gib", [40])):
             path = f"{self.volume_path}\\{vm.name}\\disk{i}.vhdx"
             self.vhds[_key(path)] = Vhd(path, int(size) * GIB, DYNAMIC, vm.host)
@@ -299,6 +318,7 @@ class Model:
         # driver's script enforces uniqueness before calling New-VM.
         vm = VM(id=str(uuid.uuid4()), name=name, host=self.node(host, "New-VM").name, memory=memory)
         vm.config = self.config_path(vm.id)
+        self.wl.add_adapter(vm, None, None)  # New-VM gives a VM one network adapter, connected to nothing
         self.vms[vm.id] = vm
         return vm
 
@@ -537,8 +557,12 @@ class Model:
         self.vhds[_key(path)] = vhd
         return vhd
 
-    def get_vhd(self, path: str) -> Vhd:
-        vhd = self.vhds.get(_key(path))
+    def get_vhd(self, path: str, host: str | None = None, holders: dict[str, str] | None = None) -> Vhd:
+        """``Get-VHD -Path``, run on ``host`` when the script names one (see ``Workloads.refuse_remote_read``)."""
+        key = _key(path)
+        if host is not None:
+            self.wl.refuse_remote_read(path, host, holders)
+        vhd = self.vhds.get(key)
         if vhd is None:
             raise PSFault(
                 "Get-VHD",
@@ -551,7 +575,7 @@ class Model:
         return vhd
 
     def add_drive(self, vm: VM, path: str) -> None:
-        self.get_vhd(path)
+        self.wl.refuse_parent_write(self.get_vhd(path), "Add-VMHardDiskDrive")
         self._injected("Add-VMHardDiskDrive", vm.name)
         if any(_key(p) == _key(path) for v in self.vms.values() for p in v.drives):
             raise PSFault(
@@ -628,6 +652,7 @@ class Model:
             del self.files[key]
             return
         if key in self.vhds:
+            self.wl.refuse_parent_removal(self.vhds[key])
             in_use = [v for v in self.vms.values() if any(_key(p) == key for p in v.drives)]
             if in_use:
                 raise PSFault(

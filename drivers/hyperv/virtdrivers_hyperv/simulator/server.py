@@ -178,7 +178,24 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(self.server.model.snapshot_state()).encode()
             self._send(200, body, {"Content-Type": "application/json"})
             return
+        parts = self.path.split("/")
+        if len(parts) == 6 and self.path.startswith(KNOB + "vms/") and parts[4] == "carrier":
+            self._carrier(parts[3], parts[5])
+            return
         self._send(404)
+
+    def _carrier(self, vm_id: str, label: str) -> None:
+        """``GET /_sim/vms/<ID>/carrier/<LABEL>``: the files a guest of that VM finds on the attached volume
+        labelled ``LABEL`` (``cidata``), base64 by name; 404 when the VM has no such volume."""
+        model = self.server.model
+        with model.lock:
+            vm = model.vm(vm_id)
+            files = model.wl.carrier(vm, label) if vm is not None else None
+        if files is None:
+            self._send(404)
+            return
+        body = json.dumps({name: base64.b64encode(data).decode("ascii") for name, data in files.items()}).encode()
+        self._send(200, body, {"Content-Type": "application/json"})
 
     def do_POST(self) -> None:
         body = self._body()

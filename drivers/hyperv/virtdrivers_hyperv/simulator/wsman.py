@@ -9,6 +9,7 @@ over several, the last carrying ``CommandState/Done`` and the exit code.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import threading
 import uuid
@@ -247,6 +248,18 @@ class ShellService:
                 1,
             )
         found = lookup(body)
+        stdin_form = text.startswith(scripts.STDIN_LINE)
+        problems = _grammar_problems(found[0] if found else "<unknown script>", stdin_form, body)
+        if problems:
+            fault = PSFault(
+                "",
+                "The script fails the grammar-and-signature check: " + "; ".join(problems),
+                "ParserError",
+                "VDScriptCheck",
+                "",
+                "ParseException",
+            )
+            return b"", self._error(fault), 1
         if found is None:
             fault = PSFault(
                 "",
@@ -260,7 +273,9 @@ class ShellService:
         _, handler = found
         try:
             with self.model.lock:
+                self.model.wl.tick()
                 result = handler(self.model, args)
+                self.model.wl.tick()
         except PSFault as fault:
             return b"", self._error(fault), 1
         return self._output(result, depth_of(body)), b"", 0
@@ -331,3 +346,16 @@ class ShellService:
     def shells(self) -> int:
         with self._lock:
             return len(self._shells)
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_problems(name: str, stdin_form: bool, body: str) -> tuple[str, ...]:
+    """:func:`virtdrivers_hyperv.pscheck.check` of a received script, as the driver's own test runs it.
+
+    Cached per body: the argument line differs per call only inside its base64 literal (or is the
+    fixed stdin line), which cannot change the grammar, so it is checked in a normalised form.
+    """
+    from virtdrivers_hyperv import pscheck
+
+    line = scripts.STDIN_LINE if stdin_form else scripts.DATA_PREFIX + "e30=" + scripts.DATA_SUFFIX
+    return tuple(str(p) for p in pscheck.check(line + body, name))
