@@ -152,7 +152,8 @@ class GuestAddress(VersionedObject):
     VERSION = "1.0"
     mac: str
     addresses: tuple[str, ...] = ()
-    """CIDR notation: ``10.0.2.15/24``, ``fe80::1/64``."""
+    """CIDR notation where the reporter knows the prefix (``10.0.2.15/24``, ``fe80::1/64``), a bare
+    address where it does not (Hyper-V's KVP exchange reports none): never an invented prefix."""
     source: str
     """Who reported them: ``agent`` (qemu-guest-agent), ``tools``, ``kvp``, ``lease``, ``arp``, ``simulated``."""
     observed_at: datetime.datetime

@@ -14,7 +14,9 @@ from virtdrivers import (
     Capability,
     DiskFormat,
     Driver,
+    DriverError,
     ImageMode,
+    InstanceNotFound,
     InstanceSpec,
     InvalidSpec,
     NicSpec,
@@ -24,6 +26,7 @@ from virtdrivers import (
 from virtdrivers_conformance.suite.checks import (
     agreed,
     image_for,
+    up_nodes,
     wait_for,
 )
 from virtdrivers_conformance.suite.fixtures import (
@@ -68,6 +71,33 @@ class TestWorkloads(DriverFixtures):
             )
         after = {i.id: i for i in driver.list_images()}[image.id]
         assert after.model_dump() == image.model_dump(), "the image changed while an instance ran from it"
+
+    @feature("images")
+    def test_a_create_from_an_image_that_fails_late_leaves_nothing(
+        self, driver: Driver, endpoint: EndpointUnderTest, make_instance: MakeInstance
+    ) -> None:
+        """The image path makes more than a blank create (a clone or child disk, a user-data
+        carrier, NICs): all of it goes when the create fails after the backend began."""
+        name = unique_name()
+        image = image_for(driver)
+        before = {i.id for i in driver.list_instances()}
+        disks = {n: driver.host_resources(n).disk_gib_used for n in up_nodes(driver)}
+        extra: dict[str, Any] = {"nics": self._nics(driver)}
+        if driver.supports(Capability.USER_DATA):
+            extra["user_data"] = {"user_data": "#cloud-config\n# vd failed create\n"}
+        endpoint.fail_next_create(driver)
+        with pytest.raises(DriverError):
+            make_instance(name=name, image=image.id, disks=[{"size_gib": self.disk_gib}], **extra)
+        assert {i.id for i in driver.list_instances()} == before, "a failed create from an image left an instance"
+        with pytest.raises(InstanceNotFound):
+            driver.find_instance(name)
+        assert {n: driver.host_resources(n).disk_gib_used for n in up_nodes(driver)} == disks, "disks left behind"
+        if driver.supports(Capability.REAP):
+            left = driver.reap(dry_run=True, grace_s=0)
+            assert not left, f"a failed create from an image left {[(f.kind, f.ref) for f in left]}"
+        assert {i.id: i for i in driver.list_images()}[image.id].model_dump() == image.model_dump()
+        info = make_instance(name=name, image=image.id, disks=[], **extra)  # the name is free again
+        assert agreed(driver, info.id).image == image.id
 
     @feature("images")
     def test_images_are_listed_and_unknown_ones_refused_up_front(self, driver: Driver) -> None:
