@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 import ovirtsdk4 as sdk
@@ -17,7 +18,7 @@ import pytest
 from ovirtsdk4.reader import Reader
 from ovirtsdk4.writer import Writer
 
-from virtdrivers.objects import DiskSpec, InstanceSpec
+from virtdrivers.objects import DiskSpec, InstanceSpec, NicSpec, UserData
 from virtdrivers_ovirt.driver import OvirtDriver
 from virtdrivers_ovirt.simulator import Engine, Simulator, render
 from virtdrivers_ovirt.simulator import search as sim_search
@@ -48,6 +49,16 @@ RESPONSE_TYPES = {
     "storage_domain",
     "jobs",
     "job",
+    "networks",
+    "network",
+    "vnic_profiles",
+    "vnic_profile",
+    "nics",
+    "nic",
+    "reported_devices",
+    "statistics",
+    "graphics_consoles",
+    "graphics_console",
 }
 
 
@@ -108,6 +119,26 @@ def _exercise_everything(sim: Simulator) -> None:
         drv.find_instance("guard")
         drv.reap(dry_run=True)  # the VM listing with attachments and the floating-disk search
         drv.destroy(info.id)
+        # Workloads: a template, NICs on profiles, user data, addresses, a console ticket, statistics.
+        image = drv.list_images()[0]
+        nets = drv.list_networks()
+        work = drv.create(
+            InstanceSpec(
+                name="guard-work",
+                vcpus=1,
+                memory_mb=256,
+                image=image.id,
+                nics=[NicSpec(network=nets[0].id)],
+                user_data=UserData(user_data="#cloud-config\nruncmd: []\n", hostname="guard"),
+            )
+        )
+        nic = drv.attach_nic(work.id, NicSpec(network=nets[1].id, model="e1000"))
+        drv.detach_nic(work.id, nic.id)
+        time.sleep(0.4)  # the agent reports after 0.3 s
+        assert drv.guest_addresses(work.id)
+        drv.all_guest_addresses()
+        drv.console_connection(work.id)
+        drv.instance_statistics(work.id)
     conn = sdk.Connection(url=sim.url, username=sim.username, password=sim.password, ca_file=str(sim.ca_file))
     try:
         system = conn.system_service()
@@ -131,6 +162,25 @@ def _exercise_everything(sim: Simulator) -> None:
         vm_service.disk_attachments_service().attachment_service(atts[0].id).get()
         snaps = vm_service.snapshots_service().list()
         vm_service.snapshots_service().snapshot_service(snaps[0].id).get()
+        nics = vm_service.nics_service().list(follow="statistics,reported_devices")
+        nic_service = vm_service.nics_service().nic_service(nics[0].id)
+        nic_service.get()
+        nic_service.reported_devices_service().list()
+        nic_service.statistics_service().list()
+        vm_service.reported_devices_service().list()
+        vm_service.statistics_service().list()
+        consoles = vm_service.graphics_consoles_service().list()
+        vm_service.graphics_consoles_service().list(current=True)
+        vm_service.graphics_consoles_service().console_service(consoles[0].id).get()
+        system.vms_service().list(follow="nics.statistics,reported_devices,statistics")
+        profiles = system.vnic_profiles_service().list(follow="network")
+        system.vnic_profiles_service().profile_service(profiles[0].id).get()
+        nets = system.networks_service().list()
+        system.networks_service().network_service(nets[0].id).get()
+        tpls = system.templates_service().list(follow="disk_attachments.disk")
+        work_tpl = system.templates_service().template_service(tpls[-1].id)
+        work_tpl.get()
+        work_tpl.disk_attachments_service().list()
         with pytest.raises(sdk.Error):
             vm_service.start()  # 409: running
         with pytest.raises(sdk.NotFoundError):

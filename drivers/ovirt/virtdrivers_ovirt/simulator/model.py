@@ -10,21 +10,23 @@ Invalid requests raise :class:`EngineFault` carrying the engine's own wording.
 from __future__ import annotations
 
 import datetime
-import heapq
-import itertools
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from virtdrivers_ovirt.simulator.identity import ENGINE_FULL_VERSION as ENGINE_FULL_VERSION
 from virtdrivers_ovirt.simulator.identity import ENGINE_NAME as ENGINE_NAME
 from virtdrivers_ovirt.simulator.identity import ENGINE_VERSION as ENGINE_VERSION
 from virtdrivers_ovirt.simulator.identity import SIMULATOR_NAME as SIMULATOR_NAME
 from virtdrivers_ovirt.simulator.identity import SIMULATOR_VERSION as SIMULATOR_VERSION
+from virtdrivers_ovirt.simulator.scheduler import Scheduler as Scheduler
+
+if TYPE_CHECKING:
+    from virtdrivers_ovirt.simulator.workloads import Network, Nic, Template, VnicProfile
 
 #: Ended jobs the engine still shows (older ones are cleared, as the engine's job cleanup does).
 KEPT_JOBS = 100
@@ -102,6 +104,8 @@ class Disk:
     status: str = "locked"
     actual_size: int = 0
     description: str = ""
+    #: The template disk a thin VM disk is a copy-on-write child of (not shown by the API).
+    parent_id: str | None = None
 
 
 @dataclass
@@ -154,6 +158,17 @@ class Vm:
     build_fails: bool = False
     #: Counts shutdown requests, so a late "guest ignored it" transition only ends its own request.
     shutdowns: int = 0
+    #: The template it was made from (its lineage: thin disks are children of the template's).
+    template_id: str = BLANK_TEMPLATE_ID
+    nics: list[Nic] = field(default_factory=list)
+    #: The VM's own ``Initialization`` (cloud-init fields), kept as the engine keeps it.
+    initialization: dict[str, Any] | None = None
+    #: The engine's ``initialized``: false until the first run, which attaches the initialization.
+    initialized: bool = False
+    #: The cloud-init payload attached to the last run that had one (:func:`.workloads.payload_at_start`).
+    payload: dict[str, Any] | None = None
+    #: Console tickets set on the running display (the newest few).
+    tickets: list[str] = field(default_factory=list)
 
     @property
     def vcpus(self) -> int:
@@ -169,45 +184,6 @@ class Job:
     start_time: datetime.datetime = field(default_factory=now)
     end_time: datetime.datetime | None = None
     last_updated: datetime.datetime = field(default_factory=now)
-
-
-class Scheduler:
-    """Runs delayed transitions on one thread, in due order, under the engine lock."""
-
-    def __init__(self, lock: threading.RLock, after: Callable[[], None] = lambda: None) -> None:
-        self._lock = lock
-        #: Called under the lock after each transition (the engine saves its inventory there).
-        self._after = after
-        self._cond = threading.Condition()
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="ovirt-sim-scheduler", daemon=True)
-        self._thread.start()
-
-    def later(self, delay: float, func: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._seq), func))
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and (not self._queue or self._queue[0][0] > time.monotonic()):
-                    timeout = self._queue[0][0] - time.monotonic() if self._queue else None
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-                _, _, func = heapq.heappop(self._queue)
-            with self._lock:
-                func()
-                self._after()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout=5)
 
 
 class Engine:
@@ -242,6 +218,12 @@ class Engine:
             self.hosts[host.id] = host
         sd = StorageDomain(str(uuid.uuid4()), "nfs-data")
         self.storage_domains[sd.id] = sd
+        self.templates: dict[str, Template] = {}
+        self.networks: dict[str, Network] = {}
+        self.vnic_profiles: dict[str, VnicProfile] = {}
+        from virtdrivers_ovirt.simulator import workloads
+
+        workloads.seed(self)
         for i in range(pets):
             self.add_pet(f"pet-{i + 1}")
 
@@ -369,38 +351,10 @@ class Engine:
     # -- inventory made "outside" virtdrivers --------------------------------------------------
 
     def add_pet(self, name: str) -> Vm:
-        """A long-lived VM as an administrator made it: running, HA, pinned to preferred hosts, snapshotted."""
-        with self.lock:
-            hosts = list(self.hosts.values())
-            host = hosts[len(self.vms) % len(hosts)]
-            sd = next(iter(self.storage_domains.values()))
-            vm = Vm(
-                str(uuid.uuid4()),
-                name,
-                host.cluster_id,
-                memory=4 * GIB,
-                sockets=2,
-                cores=1,
-                description=f"{name}: database server, owned by ops",
-                comment="do not reboot without a ticket",
-                status="up",
-                host_id=host.id,
-                ha_enabled=True,
-                ha_priority=50,
-                affinity="user_migratable",
-                preferred_host_ids=[host.id],
-                start_time=now(),
-            )
-            disk = Disk(str(uuid.uuid4()), f"{name}_root", 40 * GIB, "cow", True, sd.id, "ok", 3 * GIB)
-            self.disks[disk.id] = disk
-            sd.committed += disk.provisioned_size
-            sd.used += disk.actual_size
-            vm.attachments.append(Attachment(disk.id, bootable=True))
-            vm.snapshots.append(self._active_snapshot())
-            base = Snapshot(str(uuid.uuid4()), "before upgrade", now(), False, "ok", image=self._image(vm))
-            vm.snapshots.append(base)
-            self.vms[vm.id] = vm
-            return vm
+        """A long-lived VM as an administrator made it (:func:`.pets.add_pet`)."""
+        from virtdrivers_ovirt.simulator import pets
+
+        return pets.add_pet(self, name)
 
     @staticmethod
     def _active_snapshot() -> Snapshot:
@@ -411,13 +365,23 @@ class Engine:
         return replace(
             vm,
             attachments=[replace(a) for a in vm.attachments],
+            nics=[replace(n) for n in vm.nics],
             snapshots=[],
             preferred_host_ids=list(vm.preferred_host_ids),
         )
 
     # -- VMs --------------------------------------------------------------------------------
 
-    def add_vm(self, vm: Vm, correlation_id: str | None) -> Vm:
+    def add_vm(
+        self,
+        vm: Vm,
+        correlation_id: str | None,
+        *,
+        template: Template | None = None,
+        clone: bool = False,
+        overrides: dict[str, dict[str, str]] | None = None,
+    ) -> Vm:
+        """Make a VM (from ``template``: its disks made as thin children, or copies with ``clone``)."""
         with self.lock:
             if re.fullmatch(VM_NAME_PATTERN, vm.name) is None:
                 # The engine's own wording (seen in its UI and in imports), attribute vm.vmStatic.name.
@@ -433,13 +397,38 @@ class Engine:
                     raise not_found("host", host_id)
             vm.status = "image_locked"
             vm.snapshots = [self._active_snapshot()]
+            made: list[Disk] = []
+            if template is not None:
+                from virtdrivers_ovirt.simulator import workloads
+
+                vm.template_id = template.id
+                made = workloads.disks_from_template(self, vm, template, clone=clone, overrides=overrides or {})
             if self.failing_creates > 0:
                 self.failing_creates -= 1
                 vm.build_fails = True
             self.vms[vm.id] = vm
-            job = self.begin_job(f"Creating VM {vm.name} from Template Blank in Cluster Default", correlation_id)
+            source = template.name if template is not None else "Blank"
+            job = self.begin_job(f"Creating VM {vm.name} from Template {source} in Cluster Default", correlation_id)
+            if made and vm.build_fails:
+                # An armed create fault on a VM from a template: copying the template's first disk
+                # fails (a storage error); the VM ends down with that disk illegal, its job failed.
+                vm.build_fails = False
+
+                def failed() -> str:
+                    made[0].status = "illegal"
+                    for disk in made[1:]:
+                        disk.status = "ok"
+                    if vm.status == "image_locked":
+                        vm.status = "down"
+                    return "failed"
+
+                self._then(job, failed)
+                return vm
 
             def done() -> None:
+                for disk in made:
+                    if disk.status == "locked":
+                        disk.status = "ok"
                 if vm.status == "image_locked":
                     vm.status = "down"
 
@@ -517,7 +506,14 @@ class Engine:
 
         return min(up, key=lambda h: (load(h), h.name))
 
-    def start(self, vm: Vm, correlation_id: str | None) -> None:
+    def start(
+        self,
+        vm: Vm,
+        correlation_id: str | None,
+        *,
+        run_once: dict[str, Any] | None = None,
+        use_cloud_init: bool | None = None,
+    ) -> None:
         with self.lock:
             self._unlocked(vm, "run VM")
             if vm.status in ("up", "powering_up", "wait_for_launch", "reboot_in_progress", "migrating"):
@@ -526,6 +522,10 @@ class Engine:
                 raise conflict("run VM", f"VM status is {vm.status}.")
             resuming = vm.status == "suspended"
             host = self.hosts[vm.host_id] if resuming and vm.host_id in self.hosts else self._schedule_host(vm)
+            if not resuming:
+                from virtdrivers_ovirt.simulator import workloads
+
+                workloads.payload_at_start(vm, run_once, use_cloud_init)
             vm.host_id = host.id
             vm.status = "restoring_state" if resuming else "powering_up"
             job = self.begin_job(f"Launching VM {vm.name}", correlation_id)
@@ -722,6 +722,9 @@ class Engine:
 
     def remove_disk(self, disk: Disk, correlation_id: str | None) -> None:
         with self.lock:
+            for tpl in self.templates.values():
+                if any(a.disk_id == disk.id for a in tpl.attachments):
+                    raise conflict("remove Virtual Disk", f"Disk belongs to template {tpl.name}.")
             for vm in self.vms.values():
                 if any(a.disk_id == disk.id for a in vm.attachments):
                     raise conflict("remove Virtual Disk", f"Disk is attached to VM {vm.name}.")

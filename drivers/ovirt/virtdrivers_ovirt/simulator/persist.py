@@ -36,6 +36,7 @@ from virtdrivers_ovirt.simulator.model import (
     Vm,
     now,
 )
+from virtdrivers_ovirt.simulator.workloads import Network, Nic, Template, VnicProfile
 
 FORMAT = 1
 
@@ -71,6 +72,9 @@ def _row(obj: object) -> dict[str, Any]:
 def _vm_row(vm: Vm) -> dict[str, Any]:
     row = _row(vm)
     row["attachments"] = [_row(a) for a in vm.attachments]
+    row["nics"] = [_row(n) for n in vm.nics]
+    # Console tickets are one-time secrets of a running display: a restarted engine has none.
+    row.pop("tickets", None)
     row["snapshots"] = [_snapshot_row(s) for s in vm.snapshots]
     return row
 
@@ -81,6 +85,18 @@ def _snapshot_row(snap: Snapshot) -> dict[str, Any]:
     return row
 
 
+def _template_row(tpl: Template) -> dict[str, Any]:
+    row = _row(tpl)
+    row["attachments"] = [_row(a) for a in tpl.attachments]
+    return row
+
+
+def _template(data: dict[str, Any]) -> Template:
+    data = _known(Template, data)
+    data["attachments"] = [Attachment(**_known(Attachment, a)) for a in data.get("attachments", [])]
+    return Template(**data)
+
+
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
@@ -89,6 +105,7 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 def _vm(data: dict[str, Any]) -> Vm:
     data = _known(Vm, data)
     data["attachments"] = [Attachment(**_known(Attachment, a)) for a in data.get("attachments", [])]
+    data["nics"] = [Nic(**_known(Nic, n)) for n in data.get("nics", [])]
     data["snapshots"] = [_snapshot(s) for s in data.get("snapshots", [])]
     return Vm(**data)
 
@@ -109,6 +126,9 @@ def save(engine: Engine, path: Path) -> None:
         "storage_domains": [_row(s) for s in engine.storage_domains.values()],
         "vms": [_vm_row(v) for v in engine.vms.values()],
         "disks": [_row(d) for d in engine.disks.values()],
+        "templates": [_template_row(t) for t in engine.templates.values()],
+        "networks": [_row(n) for n in engine.networks.values()],
+        "vnic_profiles": [_row(p) for p in engine.vnic_profiles.values()],
         "jobs": [_row(j) for j in engine.jobs.values()],
         "failing_creates": engine.failing_creates,
     }
@@ -133,6 +153,9 @@ def load(engine: Engine, path: Path) -> bool:
         engine.storage_domains = {s["id"]: StorageDomain(**_known(StorageDomain, s)) for s in state["storage_domains"]}
         engine.vms = {v["id"]: _vm(v) for v in state["vms"]}
         engine.disks = {d["id"]: Disk(**_known(Disk, d)) for d in state["disks"]}
+        engine.templates = {t["id"]: _template(t) for t in state.get("templates", [])}
+        engine.networks = {n["id"]: Network(**_known(Network, n)) for n in state.get("networks", [])}
+        engine.vnic_profiles = {p["id"]: VnicProfile(**_known(VnicProfile, p)) for p in state.get("vnic_profiles", [])}
         engine.jobs = {j["id"]: Job(**_known(Job, j)) for j in state["jobs"]}
         engine.failing_creates = int(state.get("failing_creates", 0))
         _settle(engine)

@@ -8,8 +8,10 @@ writer, so a tag or value the API model does not have shows up as a difference.
 from __future__ import annotations
 
 import datetime
+import uuid
 import xml.etree.ElementTree as ET
 
+from virtdrivers_ovirt.simulator import workloads
 from virtdrivers_ovirt.simulator.model import (
     BLANK_TEMPLATE_ID,
     ENGINE_FULL_VERSION,
@@ -32,6 +34,9 @@ Element = ET.Element
 
 def to_bytes(root: Element) -> bytes:
     body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    # A carriage return in a value (a script with CRLF lines) must survive the client's XML parser,
+    # which turns a literal CR into LF: the engine escapes it, so does this.
+    body = body.replace(b"\r", b"&#13;")
     return b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n' + body
 
 
@@ -159,8 +164,25 @@ def _vm_body(root: Element, vm: Vm, engine: Engine, follow: set[str]) -> None:
     _text(root, "status", vm.status)
     if vm.stop_time is not None:
         _text(root, "stop_time", vm.stop_time)
-    _ref(root, "template", "templates", BLANK_TEMPLATE_ID)
+    _ref(root, "template", "templates", vm.template_id)
     _text(root, "type", "server")
+    if vm.initialization is not None:
+        initialization(root, vm.initialization)
+    if "nics" in follow:
+        nics = ET.SubElement(root, "nics")
+        for n in vm.nics:
+            nics.append(nic(vm, n, engine, follow_nested(follow, "nics")))
+    if "reported_devices" in follow:
+        devices = ET.SubElement(root, "reported_devices")
+        devices.extend(reported_device(vm, d) for d in workloads.reported_devices(engine, vm))
+    if "statistics" in follow:
+        stats = ET.SubElement(root, "statistics")
+        stats.extend(statistic(f"vms/{vm.id}", ("vm", "vms", vm.id), s) for s in workloads.vm_statistics(vm))
+
+
+def follow_nested(follow: set[str] | frozenset[str], prefix: str) -> set[str]:
+    """What ``follow=nics.statistics`` asks of each NIC: ``statistics``."""
+    return {f[len(prefix) + 1 :] for f in follow if f.startswith(prefix + ".")}
 
 
 def vm(vm_: Vm, engine: Engine, follow: set[str] | frozenset[str] = frozenset()) -> Element:
@@ -302,3 +324,179 @@ def job(j: Job) -> Element:
     _text(root, "start_time", j.start_time)
     _text(root, "status", j.status)
     return root
+
+
+# -- workloads: templates, networks, NICs, initialization, reported devices, statistics, consoles --
+
+
+def _disk_chain_attachment(owner_kind: str, owner_id: str, att: Attachment, engine: Engine, with_disk: bool) -> Element:
+    tag = "vm" if owner_kind == "vms" else "template"
+    root = Element(
+        "disk_attachment", href=f"{API}/{owner_kind}/{owner_id}/diskattachments/{att.disk_id}", id=att.disk_id
+    )
+    _text(root, "active", att.active)
+    _text(root, "bootable", att.bootable)
+    d = engine.disks.get(att.disk_id)
+    if with_disk and d is not None:
+        root.append(disk(d))
+    else:
+        _ref(root, "disk", "disks", att.disk_id)
+    _text(root, "interface", att.interface)
+    _ref(root, tag, owner_kind, owner_id)
+    return root
+
+
+def template(tpl: workloads.Template, engine: Engine, follow: set[str] | frozenset[str] = frozenset()) -> Element:
+    root = _obj("template", "templates", tpl.id)
+    _cpu(root, tpl.sockets, tpl.cores, tpl.threads)
+    _text(root, "creation_time", tpl.creation_time)
+    _text(root, "description", tpl.description)
+    if "disk_attachments" in follow:
+        atts = ET.SubElement(root, "disk_attachments")
+        for att in tpl.attachments:
+            atts.append(_disk_chain_attachment("templates", tpl.id, att, engine, "disk_attachments.disk" in follow))
+    _text(root, "memory", tpl.memory)
+    _text(root, "name", tpl.name)
+    os_ = ET.SubElement(root, "os")
+    _text(os_, "type", tpl.os_type)
+    _text(root, "status", "ok")
+    _text(root, "type", "server")
+    ver = ET.SubElement(root, "version")
+    _text(ver, "version_name", "base version")
+    _text(ver, "version_number", 1)
+    return root
+
+
+def template_disk_attachment(tpl: workloads.Template, att: Attachment, engine: Engine) -> Element:
+    return _disk_chain_attachment("templates", tpl.id, att, engine, False)
+
+
+def network(n: workloads.Network) -> Element:
+    root = _obj("network", "networks", n.id)
+    _text(root, "description", n.description)
+    _text(root, "mtu", 0)
+    _text(root, "name", n.name)
+    _text(root, "required", True)
+    _text(root, "stp", False)
+    usages = ET.SubElement(root, "usages")
+    _text(usages, "usage", "vm")
+    if n.name == "ovirtmgmt":
+        _text(usages, "usage", "management")
+    _text(root, "vdsm_name", n.name)
+    if n.vlan is not None:
+        ET.SubElement(root, "vlan", id=str(n.vlan))
+    return root
+
+
+def vnic_profile(p: workloads.VnicProfile, engine: Engine, follow: set[str] | frozenset[str] = frozenset()) -> Element:
+    root = _obj("vnic_profile", "vnicprofiles", p.id)
+    _text(root, "description", p.description)
+    _text(root, "name", p.name)
+    net = engine.networks.get(p.network_id)
+    if "network" in follow and net is not None:
+        root.append(network(net))
+    else:
+        _ref(root, "network", "networks", p.network_id)
+    passthrough = ET.SubElement(root, "pass_through")
+    _text(passthrough, "mode", "disabled")
+    _text(root, "port_mirroring", p.name.endswith("-mirror"))
+    return root
+
+
+def nic(vm_: Vm, n: workloads.Nic, engine: Engine, follow: set[str] | frozenset[str] = frozenset()) -> Element:
+    root = Element("nic", href=f"{API}/vms/{vm_.id}/nics/{n.id}", id=n.id)
+    _text(root, "interface", n.interface)
+    _text(root, "linked", n.linked)
+    mac = ET.SubElement(root, "mac")
+    _text(mac, "address", n.mac)
+    _text(root, "name", n.name)
+    _text(root, "plugged", n.plugged)
+    if "reported_devices" in follow:
+        devices = ET.SubElement(root, "reported_devices")
+        devices.extend(reported_device(vm_, d) for d in workloads.reported_devices(engine, vm_) if d.nic_id == n.id)
+    if "statistics" in follow:
+        stats = ET.SubElement(root, "statistics")
+        base = f"vms/{vm_.id}/nics/{n.id}"
+        stats.extend(statistic(base, ("nic", f"vms/{vm_.id}/nics", n.id), s) for s in workloads.nic_statistics(vm_, n))
+    _text(root, "synced", True)
+    if n.profile_id is not None:
+        _ref(root, "vnic_profile", "vnicprofiles", n.profile_id)
+    _ref(root, "vm", "vms", vm_.id)
+    return root
+
+
+def reported_device(vm_: Vm, d: workloads.Device) -> Element:
+    root = Element("reported_device", href=f"{API}/vms/{vm_.id}/reporteddevices/{d.id}", id=d.id)
+    _text(root, "description", "guest reported data")
+    ips = ET.SubElement(root, "ips")
+    for address, version in d.ips:
+        ip = ET.SubElement(ips, "ip")
+        _text(ip, "address", address)
+        _text(ip, "version", version)
+    mac = ET.SubElement(root, "mac")
+    _text(mac, "address", d.mac)
+    _text(root, "name", d.name)
+    _text(root, "type", "network")
+    _ref(root, "vm", "vms", vm_.id)
+    return root
+
+
+def statistic(base: str, parent: tuple[str, str, str], stat: tuple[str, str, str, str, str, float]) -> Element:
+    """One statistic under ``{API}/{base}/statistics``; ``parent`` is (tag, collection path, id)."""
+    name, description, kind, value_type, unit, value = stat
+    stat_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{base}/{name}"))
+    root = Element("statistic", href=f"{API}/{base}/statistics/{stat_id}", id=stat_id)
+    _text(root, "description", description)
+    _text(root, "kind", kind)
+    _text(root, "name", name)
+    _text(root, "type", value_type)
+    _text(root, "unit", unit)
+    values = ET.SubElement(root, "values")
+    datum = ET.SubElement(values, "value")
+    _text(datum, "datum", int(value) if value_type == "integer" else float(value))
+    tag, collection, parent_id = parent
+    _ref(root, tag, collection, parent_id)
+    return root
+
+
+def graphics_console(vm_: Vm, protocol: str, console_id: str, engine: Engine, current: bool) -> Element:
+    """A console; its address and port only with ``current=true`` on a running VM, as on the engine."""
+    root = Element("graphics_console", href=f"{API}/vms/{vm_.id}/graphicsconsoles/{console_id}", id=console_id)
+    host = engine.hosts.get(vm_.host_id or "")
+    if current and host is not None and vm_.status == "up":
+        _text(root, "address", host.address)
+        _text(root, "port", workloads.console_port(vm_, protocol))
+    _text(root, "protocol", protocol)
+    if current and host is not None and vm_.status == "up" and protocol == "spice":
+        _text(root, "tls_port", workloads.console_port(vm_, protocol) + 1000)
+    _ref(root, "vm", "vms", vm_.id)
+    return root
+
+
+def ticket(value: str, expiry: int) -> Element:
+    root = Element("ticket")
+    _text(root, "expiry", expiry)
+    _text(root, "value", value)
+    return root
+
+
+def initialization(parent: Element, init: dict[str, object]) -> None:
+    """The VM's cloud-init fields, as ``GET /vms/{id}`` shows them."""
+    root = ET.SubElement(parent, "initialization")
+    for key in workloads.INIT_FIELDS:
+        value = init.get(key)
+        if isinstance(value, str):
+            _text(root, key, value)
+    configs = init.get("nic_configurations")
+    if isinstance(configs, list) and configs:
+        el = ET.SubElement(root, "nic_configurations")
+        for conf in configs:
+            c = ET.SubElement(el, "nic_configuration")
+            _text(c, "boot_protocol", conf.get("boot_protocol") or "")
+            if conf.get("address"):
+                ip = ET.SubElement(c, "ip")
+                for key in ("address", "gateway", "netmask"):
+                    _text(ip, key, conf.get(key) or "")
+            _text(c, "name", conf.get("name") or "")
+            _text(c, "on_boot", bool(conf.get("on_boot", True)))
+    _text(root, "regenerate_ssh_keys", False)

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from virtdrivers.testing.tls import make_certificates
-from virtdrivers_ovirt.simulator import render
+from virtdrivers_ovirt.simulator import api_workloads, render, workloads
 from virtdrivers_ovirt.simulator.model import (
-    BLANK_TEMPLATE_ID,
     GIB,
     GRACEFUL_SHUTDOWN_TIMEOUT,
     Attachment,
@@ -402,6 +401,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif what == "ignore-acpi":
             engine.set_acpi_deaf(str(args["vm"]), bool(args.get("deaf", True)))
             reply = {"vm": args["vm"], "deaf": bool(args.get("deaf", True))}
+        elif what == "carrier":
+            # What the guest reads from the cloud-init drive the engine attached to its last run with
+            # one, or, before its first run, the drive the engine will attach to that run.
+            vm = engine.vm(str(args["vm"]))
+            payload = vm.payload if vm.payload is not None or vm.initialized else vm.initialization
+            reply = {
+                "vm": vm.id,
+                "user_data": None if payload is None else payload.get("custom_script"),
+                "payload": payload,
+            }
+            return reply
         elif what == "fail-node":
             host = engine.set_host_down(str(args["node"]), bool(args.get("down", True)))
             reply = {"node": host.name, "status": host.status}
@@ -479,12 +489,12 @@ class _Api:
             if cluster is None:
                 raise not_found("cluster", p[1])
             return 200, render.cluster(cluster, self.e)
-        if head == "templates" and m == "GET":
-            if len(p) == 1:
-                return 200, render.collection("templates", [render.template_blank(self.e)])
-            if p[1] != BLANK_TEMPLATE_ID:
-                raise not_found("template", p[1])
-            return 200, render.template_blank(self.e)
+        if head == "templates":
+            return api_workloads.templates(self, p[1:])
+        if head == "networks":
+            return api_workloads.networks(self, p[1:])
+        if head == "vnicprofiles":
+            return api_workloads.vnic_profiles(self, p[1:])
         if head == "storagedomains" and m == "GET":
             if len(p) == 1:
                 return 200, render.collection(
@@ -517,15 +527,17 @@ class _Api:
 
     def vms(self, p: list[str]) -> tuple[int, ET.Element]:
         m = self.method
-        follow = set(filter(None, self.query.get("follow", "").split(",")))
-        if "disk_attachments.disk" in follow:
-            follow.add("disk_attachments")
+        follow = api_workloads._follow(self)
         if not p:
             if m == "GET":
                 vms = run(parse(self.query.get("search")), list(self.e.vms.values()), _VM_FIELDS, self._max())
                 return 200, render.collection("vms", [render.vm(v, self.e, follow) for v in vms])
             if m == "POST":
-                vm = self.e.add_vm(self._new_vm(self.xml()), self.cid)
+                body = self.xml()
+                vm, tpl = self._new_vm(body)
+                clone = bool(_bool(self.query.get("clone")))
+                overrides = api_workloads.template_disk_overrides(body)
+                vm = self.e.add_vm(vm, self.cid, template=tpl, clone=clone, overrides=overrides)
                 return 201, render.vm(vm, self.e)
         vm = self.e.vm(p[0])
         if len(p) == 1:
@@ -543,11 +555,20 @@ class _Api:
             return self.disk_attachments(vm, p[2:])
         if p[1] == "snapshots":
             return self.snapshots(vm, p[2:])
+        if p[1] == "nics":
+            return api_workloads.nics(self, vm, p[2:])
+        if p[1] == "reporteddevices":
+            return api_workloads.reported_devices(self, vm, p[2:])
+        if p[1] == "statistics":
+            return api_workloads.statistics(self, vm, p[2:])
+        if p[1] == "graphicsconsoles":
+            return api_workloads.graphics_consoles(self, vm, p[2:])
         raise EngineFault(404, f"No such resource: {m} /vms/{'/'.join(p)}", reason="Not Found")
 
     def vm_action(self, vm: Vm, name: str, body: ET.Element) -> tuple[int, ET.Element]:
         if name == "start":
-            self.e.start(vm, self.cid)
+            run_once = api_workloads.parse_initialization(body.find("vm/initialization"))
+            self.e.start(vm, self.cid, run_once=run_once, use_cloud_init=_bool(body.findtext("use_cloud_init")))
         elif name == "stop":
             self.e.stop(vm, self.cid)
         elif name == "shutdown":
@@ -563,7 +584,7 @@ class _Api:
         job = next((j for j in reversed(list(self.e.jobs.values())) if j.correlation_id == self.cid), None)
         return 200, render.action("complete", job if self.cid else None)
 
-    def _new_vm(self, body: ET.Element) -> Vm:
+    def _new_vm(self, body: ET.Element) -> tuple[Vm, workloads.Template | None]:
         name = body.findtext("name")
         if not name:
             raise EngineFault(400, "Vm [name] required for add", reason="Incomplete parameters")
@@ -574,13 +595,13 @@ class _Api:
         tpl = body.find("template")
         if tpl is None:
             raise EngineFault(400, "Vm [template.id|name] required for add", reason="Incomplete parameters")
-        if tpl.get("id") not in (None, BLANK_TEMPLATE_ID) or tpl.findtext("name") not in (None, "Blank"):
-            raise EngineFault(400, "Entity not found: Template", reason="Operation Failed")
-        vm = Vm(str(uuid.uuid4()), name, cluster.id, memory=GIB)
+        template = workloads.template_by(self.e, tpl.get("id"), tpl.findtext("name"))
+        vm = Vm(str(uuid.uuid4()), name, cluster.id, memory=GIB if template is None else template.memory)
         for key, value in self._vm_changes(body).items():
             setattr(vm, key, value)
         vm.name = name
-        return vm
+        vm.initialization = api_workloads.parse_initialization(body.find("initialization"))
+        return vm, template
 
     def _vm_changes(self, body: ET.Element) -> dict[str, object]:
         changes: dict[str, object] = {}
@@ -637,7 +658,8 @@ class _Api:
     def disk_attachments(self, vm: Vm, p: list[str]) -> tuple[int, ET.Element]:
         m = self.method
         if not p and m == "GET":
-            items = [render.disk_attachment(vm, a, self.e) for a in vm.attachments]
+            with_disk = "disk" in api_workloads._follow(self)
+            items = [render.disk_attachment(vm, a, self.e, with_disk) for a in vm.attachments]
             return 200, render.collection("disk_attachments", items)
         if not p and m == "POST":
             body = self.xml()
