@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 import pytest
 
@@ -345,13 +346,19 @@ def test_events_for_own_and_outside_changes(sim: Simulator, driver: OvirtDriver)
 
 
 @pytest.mark.slow
-def test_thousand_vms_are_listed_in_four_round_trips() -> None:
+def test_thousand_vms_with_nics_and_addresses_are_listed_in_constant_round_trips() -> None:
     with Simulator(pets=1000) as sim, OvirtDriver(sim.settings()) as drv:
         sim.requests.clear()
         pets = drv.list_unmanaged()
         assert len(pets) == 1000
         assert all(len(p.disks) == 1 for p in pets)
+        assert all(len(p.nics) == 2 for p in pets), "NICs come inline in the same pages"
         assert dict(sim.requests) == {"GET /hosts": 1, "GET /vms": 3}  # pages of 500, 500 and an empty one
+        time.sleep(0.3)  # the pets' agents report 0.3 s after they started
+        sim.requests.clear()
+        addresses = drv.all_guest_addresses(managed_only=False)
+        assert sum(len(a) for a in addresses.values()) == 2000
+        assert dict(sim.requests) == {"GET /vms": 3}  # NICs and reported devices inline, no call per VM
 
 
 def test_close_logs_out_and_is_idempotent(sim: Simulator) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from virtdrivers.errors import BackendUnavailable, InstanceNotFound, NotFound
-from virtdrivers.objects import DiskSpec, InstanceSpec, PowerState
+from virtdrivers.objects import DiskSpec, InstanceSpec, NicSpec, PowerState
 from virtdrivers_ovirt.driver import OvirtDriver
 from virtdrivers_ovirt.simulator import Simulator
 
@@ -51,6 +51,11 @@ OPERATIONS: dict[str, Callable[[OvirtDriver, str], Any]] = {
     "failover": lambda d, i: d.failover(i),
     "adopt": lambda d, i: d.adopt(i),
     "get_placement": lambda d, i: d.get_placement(i),
+    "attach_nic": lambda d, i: d.attach_nic(i, NicSpec(network="vm-net")),
+    "detach_nic": lambda d, i: d.detach_nic(i, "00000000-0000-4000-8000-000000000000"),
+    "guest_addresses": lambda d, i: d.guest_addresses(i),
+    "console_connection": lambda d, i: d.console_connection(i),
+    "instance_statistics": lambda d, i: d.instance_statistics(i),
 }
 
 

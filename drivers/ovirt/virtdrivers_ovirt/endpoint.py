@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtdrivers.capabilities import Capability
 from virtdrivers.endpoint import EmbeddedEndpoint, EndpointHooks, Evidence
 from virtdrivers.errors import BackendUnavailable, NotFound
 
@@ -146,6 +147,33 @@ def _fail_node(settings: Mapping[str, Any], driver: Driver, node: str, down: boo
     control(settings, "fail-node", node=node, down=down)
 
 
+def _read_user_data(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> str | None:
+    # Peer read: the custom script of the cloud-init payload the engine attached to the VM's last
+    # run with cloud-init (what the guest finds on its config drive), None when no run had one.
+    reply = control(settings, "carrier", vm=instance_id)
+    user_data = reply.get("user_data")
+    return user_data if isinstance(user_data, str) else None
+
+
+#: How the simulator earns each workload cell it serves: what it simulates, said on the cell.
+NOTES = {
+    Capability.IMAGES: "templates with disks, as the engine lists them, are modelled by our simulator; "
+    "no image holds data",
+    Capability.IMAGE_COW: "clone=false makes each VM disk a thin child of the template's disk in our simulator's "
+    "disk chains (the template disk is never written; no real qcow2 exists)",
+    Capability.IMAGE_COPY: "clone=true makes an independent disk copy in our simulator's model; no data is copied",
+    Capability.NETWORKS: "vNIC profiles on two logical networks of our simulator; no host networking exists",
+    Capability.NIC_HOTPLUG: "our simulator hot-plugs and unplugs NICs and refuses to remove a plugged one from a "
+    "running VM, as the engine does; no guest sees the device",
+    Capability.USER_DATA: "Initialization is kept with the VM; our simulator records the cloud-init payload the "
+    "engine attaches to the first run and read_user_data reads its custom script; no guest boots to read it",
+    Capability.GUEST_ADDRESSES: "our simulator reports devices 0.3 s after power-on as a guest agent would, with "
+    "addresses it derives from each NIC's MAC; no guest runs an agent",
+    Capability.CONSOLE_CONNECT: "our simulator issues graphics console tickets and ports as the engine would; "
+    "nothing listens on them",
+}
+
+
 def endpoints() -> tuple[EmbeddedEndpoint, ...]:
     """The oVirt package's embedded endpoints (one: the bundled simulator)."""
     from virtdrivers_ovirt.simulator.identity import (
@@ -165,6 +193,14 @@ def endpoints() -> tuple[EmbeddedEndpoint, ...]:
             backend=SIMULATOR_NAME,
             backend_version=SIMULATOR_VERSION,
             imitates=f"{ENGINE_NAME} {ENGINE_FULL_VERSION}",
-            hooks=EndpointHooks(fail_next_create=_fail_next_create, ignore_acpi=_ignore_acpi, fail_node=_fail_node),
+            hooks=EndpointHooks(
+                fail_next_create=_fail_next_create,
+                ignore_acpi=_ignore_acpi,
+                fail_node=_fail_node,
+                read_user_data=_read_user_data,
+            ),
+            # Its guests "boot" in an instant: the agent reports 0.3 s after power-on.
+            guest_boot_timeout=30.0,
+            notes=NOTES,
         ),
     )

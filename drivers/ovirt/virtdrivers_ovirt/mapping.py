@@ -32,6 +32,7 @@ from virtdrivers.objects import (
     HAPriority,
     InstanceInfo,
     InstanceSpec,
+    NicInfo,
     PowerState,
     SnapshotInfo,
 )
@@ -232,8 +233,10 @@ def locked_disks(vm: Any) -> list[str]:
     ]
 
 
-def instance_info(vm: Any, host_names: Mapping[str, str]) -> InstanceInfo:
-    """Our view of an engine VM read with ``follow=disk_attachments.disk``."""
+def instance_info(
+    vm: Any, host_names: Mapping[str, str], *, nics: tuple[NicInfo, ...] = (), image: str | None = None
+) -> InstanceInfo:
+    """Our view of an engine VM read with ``follow=disk_attachments.disk,nics``."""
     managed, metadata = parse_marker(vm.comment)
     host = getattr(vm, "host", None)
     node = host_names.get(host.id) if host is not None and host.id else None
@@ -253,6 +256,8 @@ def instance_info(vm: Any, host_names: Mapping[str, str]) -> InstanceInfo:
         disks=tuple(disks),
         metadata=metadata,
         managed=managed,
+        image=image,
+        nics=nics,
     )
 
 
@@ -274,8 +279,21 @@ def user_snapshots(snaps: Iterable[Any]) -> list[Any]:
 # -- building engine objects -------------------------------------------------------------------------
 
 
-def vm_for_spec(types: Any, spec: InstanceSpec, cluster: str, host_id: str | None, *, token: str | None = None) -> Any:
-    """The VM to add for ``spec``; ``token`` (a create in progress) goes into its marker."""
+def vm_for_spec(
+    types: Any,
+    spec: InstanceSpec,
+    cluster: str,
+    host_id: str | None,
+    *,
+    token: str | None = None,
+    template: Any = None,
+    initialization: Any = None,
+) -> Any:
+    """The VM to add for ``spec``; ``token`` (a create in progress) goes into its marker.
+
+    ``template`` is the SDK ``Template`` to make it from (Blank when None); ``initialization``
+    its cloud-init fields, kept with the VM and attached by the engine on its first run.
+    """
     sockets, cores, threads = topology(spec.vcpus)
     placement = None
     if host_id is not None:
@@ -284,7 +302,8 @@ def vm_for_spec(types: Any, spec: InstanceSpec, cluster: str, host_id: str | Non
         name=spec.name,
         comment=with_marker("", spec.metadata, creating=token),
         cluster=types.Cluster(name=cluster),
-        template=types.Template(name="Blank"),
+        template=template if template is not None else types.Template(name="Blank"),
+        initialization=initialization,
         cpu=types.Cpu(topology=types.CpuTopology(sockets=sockets, cores=cores, threads=threads)),
         memory=spec.memory_mb * MIB,
         memory_policy=types.MemoryPolicy(guaranteed=spec.memory_mb * MIB, max=spec.memory_mb * MIB * 4),
