@@ -440,8 +440,16 @@ class OvirtDriver(Driver):
         return self._wait_status(instance_id, "up", what=f"start of {instance_id}", failed_if=("down",))
 
     def _stop(self, instance_id: str) -> Any:
+        """A stop converges on ``down``: when the engine dies before its reply arrives, it may
+        have taken the request. An idempotent read (waiting within the same reconnect budget)
+        tells; the stop is sent again only if the VM is still running."""
         cid = self._cid()
-        self._call(lambda s: self._vm_service(s, instance_id).stop(query=cid), idempotent=False)
+        try:
+            self._call(lambda s: self._vm_service(s, instance_id).stop(query=cid), idempotent=False)
+        except BackendUnavailable:
+            status = mapping.value(self._vm(instance_id, managed_only=False).status)
+            if status not in ("down", "powering_down"):
+                self._call(lambda s: self._vm_service(s, instance_id).stop(query=self._cid()), idempotent=False)
         return self._wait_status(instance_id, "down", what=f"stop of {instance_id}")
 
     def power_on(self, instance_id: str) -> InstanceInfo:
