@@ -15,6 +15,9 @@
 // source's own device objects to the clone), a powered-on VM's NICs get addresses in
 // guest.net as VMware Tools would report them (no guest runs: simulated), and
 // AcquireTicket("webmks") answers with a one-time ticket for a WebSocket at /ticket/.
+//
+// Every VM's config.changeVersion moves whenever its config changes, as on vCenter (see
+// changeversion.go; vcsim 0.24 leaves it empty).
 package main
 
 import (
@@ -127,6 +130,9 @@ func main() {
 		}
 	}
 	listUplinks()
+	// config.changeVersion as vCenter keeps it (changeversion.go), from the inventory as made.
+	simulator.Map.AddHandler(versions)
+	versions.stampAll()
 	// The model's VMs powered on at start (-autostart) show addresses as Tools would.
 	for _, e := range simulator.Map.All("VirtualMachine") {
 		syncGuest(e.Reference().Value)
@@ -145,7 +151,7 @@ func main() {
 	// The fault knobs: registered on the service's mux before NewServer adds vcsim's own
 	// handlers. Host-specific patterns take precedence over vcsim's "/sdk", so SOAP calls
 	// to 127.0.0.1 pass through the knobs first and on to vcsim unchanged unless one is armed.
-	knobs := &faultKnobs{svc: model.Service, webmks: *webmks, user: *user, password: *password, deaf: map[string]bool{}, failNext: map[string]string{}}
+	knobs := &faultKnobs{svc: model.Service, webmks: *webmks, user: *user, password: *password, deaf: map[string]bool{}, failNext: map[string]*armedFault{}}
 	model.Service.ServeMux = http.NewServeMux()
 	model.Service.ServeMux.HandleFunc("/vdvcsim/faults", knobs.serveFaults)
 	model.Service.ServeMux.HandleFunc("/ticket/", tickets.serveConsole)
@@ -327,17 +333,24 @@ type faultKnobs struct {
 	password string
 
 	mu sync.Mutex
-	// failNext: task method -> message. The next call of that method runs for real, then
-	// its task ends in error (a CreateVM_Task whose VM and disks exist, as when a vCenter
-	// loses the host or the connection midway).
-	failNext map[string]string
+	// failNext: task method -> the fault armed for it. The next call of that method runs for
+	// real, then its task ends in error (a CreateVM_Task whose VM and disks exist, as when a
+	// vCenter loses the host or the connection midway). A fault armed for several methods
+	// ("CreateVM_Task,CloneVM_Task": the next create, whichever way it is made) fails the first
+	// of them called and is then disarmed for all.
+	failNext map[string]*armedFault
 	// deaf: VM ids whose guest accepts ShutdownGuest and ignores it, as a guest that has
 	// Tools but no working ACPI shutdown does. vcsim's own ShutdownGuest always powers off.
 	deaf map[string]bool
 }
 
+type armedFault struct {
+	msg     string
+	methods []string
+}
+
 type faultRequest struct {
-	FailNext   string `json:"fail_next"`   // a *_Task method name
+	FailNext   string `json:"fail_next"`   // *_Task method names, comma-separated
 	Message    string `json:"message"`     // the fault text for fail_next
 	IgnoreACPI string `json:"ignore_acpi"` // a VM managed object id
 	HearACPI   string `json:"hear_acpi"`   // a VM managed object id
@@ -364,16 +377,22 @@ func (k *faultKnobs) serveFaults(w http.ResponseWriter, r *http.Request) {
 	}
 	k.mu.Lock()
 	if req.FailNext != "" {
-		if !strings.HasSuffix(req.FailNext, "_Task") {
-			k.mu.Unlock()
-			http.Error(w, "fail_next takes a task method (…_Task)", http.StatusBadRequest)
-			return
+		methods := strings.Split(req.FailNext, ",")
+		for _, m := range methods {
+			if !strings.HasSuffix(m, "_Task") {
+				k.mu.Unlock()
+				http.Error(w, "fail_next takes task methods (…_Task), comma-separated", http.StatusBadRequest)
+				return
+			}
 		}
 		msg := req.Message
 		if msg == "" {
 			msg = "vdvcsim: injected failure after the task did its work"
 		}
-		k.failNext[req.FailNext] = msg
+		armed := &armedFault{msg: msg, methods: methods}
+		for _, m := range methods {
+			k.failNext[m] = armed
+		}
 	}
 	if req.IgnoreACPI != "" {
 		k.deaf[req.IgnoreACPI] = true
@@ -455,9 +474,15 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 
 	k.mu.Lock()
 	deaf := method == "ShutdownGuest" && k.deaf[this]
-	msg, fail := k.failNext[method]
+	armed, fail := k.failNext[method]
+	msg := ""
 	if fail {
-		delete(k.failNext, method)
+		msg = armed.msg
+		for _, m := range armed.methods {
+			if k.failNext[m] == armed {
+				delete(k.failNext, m)
+			}
+		}
 	}
 	k.mu.Unlock()
 
@@ -465,9 +490,10 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 		tickets.acquire(k.svc, w, r, body, this)
 		return
 	}
+	restore := func() {}
 	if method == "CloneVM_Task" && isVM(this) {
 		// Runs synchronously inside ServeSDK: the source's own devices are back once it returns.
-		defer keepDevices(this)()
+		restore = keepDevices(this)
 	}
 
 	if deaf && poweredOn(this) {
@@ -478,12 +504,15 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(shutdownIgnored))
 		return
 	}
-	if !fail && !isVM(this) {
+	if !fail && pcReads[method] {
 		k.svc.ServeSDK(w, r)
 		return
 	}
+	// Which VMs the call may reconfigure, asked before it runs (a removed snapshot is gone after).
+	about := vmsAbout(this)
 	rec := httptest.NewRecorder()
 	k.svc.ServeSDK(rec, r)
+	restore()
 	if fail && rec.Code == http.StatusOK {
 		failTask(taskOf(rec.Body.Bytes()), msg)
 	}
@@ -492,6 +521,9 @@ func (k *faultKnobs) serveSDK(w http.ResponseWriter, r *http.Request) {
 		// sees what Tools would have reported by then.
 		syncGuest(this)
 	}
+	// Likewise the config versions (changeversion.go): a changed config has its new version
+	// before the client can read it.
+	versions.stamp(about...)
 	for name, values := range rec.Header() {
 		w.Header()[name] = values
 	}
