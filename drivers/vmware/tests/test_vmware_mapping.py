@@ -23,7 +23,7 @@ from virtdrivers import (
     NotSupported,
     PowerState,
 )
-from virtdrivers_vmware import mapping
+from virtdrivers_vmware import listing, mapping
 from virtdrivers_vmware.events import transition_events
 from virtdrivers_vmware.session import VSphereSettings
 
@@ -137,12 +137,12 @@ def test_inventory_maps_clusters_as_nodes_with_host_sums() -> None:
 
 def test_instance_info_names_cluster_and_host_and_decodes() -> None:
     inv = mapping.build_inventory(two_cluster_objects())
-    info = mapping.instance_info("vm-1", inv.vms["vm-1"], inv)
+    info = listing.instance_info("vm-1", inv.vms["vm-1"], inv)
     assert (info.node, info.host) == ("C0", "H1")
     assert info.name == "web/1"  # vCenter escapes '/' in names as %2f
     assert info.metadata == {"owner team": "a&b"}
     assert info.managed
-    pet = mapping.instance_info("vm-2", inv.vms["vm-2"], inv)
+    pet = listing.instance_info("vm-2", inv.vms["vm-2"], inv)
     assert not pet.managed
     assert pet.power_state == PowerState.SHUTDOWN
 

@@ -179,6 +179,24 @@ def test_a_clone_that_fails_leaves_no_vm_and_no_files(sim: Vcsim, driver: VSpher
     assert not _files(sim, "wl-failed"), "the failed clone left files on the datastore"
 
 
+def test_the_endpoints_failed_create_hook_fails_the_next_create_of_either_kind(
+    sim: Vcsim, driver: VSphereDriver, template: str
+) -> None:
+    """The conformance hook arms CreateVM_Task and CloneVM_Task together: the first fails, then neither."""
+    from virtdrivers_vmware.simulator.vcsim import VCSIM_HOOKS
+
+    assert VCSIM_HOOKS.fail_next_create is not None
+    VCSIM_HOOKS.fail_next_create(sim.settings(), driver)
+    with pytest.raises(DriverError, match="lost its storage"):
+        driver.create(InstanceSpec(name="wl-hook", vcpus=1, memory_mb=128, image=template))
+    assert "wl-hook" not in {i.name for i in driver.list_instances()}
+    made = driver.create(InstanceSpec(name="wl-hook-blank", vcpus=1, memory_mb=128))
+    try:
+        assert made.name == "wl-hook-blank", "the fault was disarmed for CreateVM_Task too"
+    finally:
+        driver.destroy(made.id)
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -310,6 +328,8 @@ def test_addresses_come_with_power_and_in_one_round_trip(driver: VSphereDriver, 
         assert [(a.mac, a.source) for a in found] == [(info.nics[0].mac, "tools")]
         assert found[0].addresses
         assert all("/" in a for a in found[0].addresses)
+        # The first listing of a driver also reads the configs it has not seen (a second retrieval).
+        driver.list_guest_addresses()
         with count_round_trips() as rt:
             everyone = driver.list_guest_addresses()
         assert rt.total == 1
@@ -428,7 +448,8 @@ def test_a_stopped_vm_reports_no_address_whatever_guest_net_still_says() -> None
     props = {"config.hardware.device": [card], "guest.net": [entry, gone]}
     assert network.guest_addresses({**props, "runtime.powerState": "poweredOff"}) == []
     found = network.guest_addresses({**props, "runtime.powerState": "poweredOn"})
-    assert [(a.mac, a.addresses) for a in found] == [("00:50:56:aa:bb:cc", ("10.0.0.5/32", "fe80::1/128"))]
+    # No ipConfig: Tools gave no prefix, so none is invented.
+    assert [(a.mac, a.addresses) for a in found] == [("00:50:56:aa:bb:cc", ("10.0.0.5", "fe80::1"))]
 
 
 def test_console_output_is_the_tail_of_the_serial_port_file(sim: Vcsim, driver: VSphereDriver, template: str) -> None:

@@ -35,7 +35,7 @@ from virtdrivers.objects import (
     NodeInfo,
     PowerState,
 )
-from virtdrivers_vmware import guest_io, images, mapping, network
+from virtdrivers_vmware import guest_io, images, listing, mapping, network
 from virtdrivers_vmware._sdk import sdk
 from virtdrivers_vmware.reaping import ReapOps
 from virtdrivers_vmware.settings import VSphereSettings
@@ -59,8 +59,6 @@ _TOPOLOGY = {
     "Datastore": mapping.DATASTORE_PROPERTIES,
 }
 _INVENTORY = {**_TOPOLOGY, "VirtualMachine": mapping.VM_LIST_PROPERTIES}
-#: The inventory with everything InstanceInfo shows per VM (devices too), for the listings.
-_LISTING = {**_TOPOLOGY, "VirtualMachine": mapping.VM_INFO_PROPERTIES}
 
 
 def _vcsim_endpoint() -> Any:
@@ -90,7 +88,7 @@ class _Plan:
     template: Template | None
 
 
-class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
+class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps, listing.ListingOps):
     """vCenter clusters as nodes; VMs created in a cluster's root resource pool."""
 
     name = "vmware"
@@ -136,7 +134,9 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
             EmbeddedEndpoint(
                 "vcsim",
                 "govmomi's vCenter simulator over HTTPS on 127.0.0.1: 1 datacenter, "
-                "3 clusters of 2 hosts, 1 unmanaged VM per cluster, a template, a random password",
+                "3 clusters of 2 hosts, 1 unmanaged VM per cluster, a template, a random password; "
+                "our launcher keeps each VM's config.changeVersion as vCenter does (vcsim 0.24 leaves it "
+                "empty), which the listing's config cache follows",
                 _vcsim_endpoint,
                 # vcsim is VMware's own simulator; it names itself and its govmomi version in
                 # backend_info(), so the column needs no backend of ours.
@@ -156,6 +156,8 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
         self._watchers: set[Any] = set()
         #: Per-name locks of creates in flight, with how many creates hold or wait for each.
         self._name_locks: dict[str, tuple[threading.Lock, int]] = {}
+        #: What the listings derived from each VM's config, by config.changeVersion (see listing.py).
+        self._config_cache = listing.ConfigCache()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -181,9 +183,9 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
 
         return getattr(vim, kind)(moid, content.propertyCollector._stub)
 
-    def _inventory(self, content: Any, *, with_vms: bool = True, full: bool = False) -> mapping.Inventory:
-        """Topology (and VMs) in one paged retrieval; ``full`` adds every VM's devices, for InstanceInfo."""
-        props = _LISTING if full else _INVENTORY if with_vms else _TOPOLOGY
+    def _inventory(self, content: Any, *, with_vms: bool = True) -> mapping.Inventory:
+        """Topology (and the VMs' placement properties) in one paged retrieval."""
+        props = _INVENTORY if with_vms else _TOPOLOGY
         view = self._s.view(content, tuple(props))
         return mapping.build_inventory(self._s.retrieve(content, view, dict(props)))
 
@@ -240,7 +242,10 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
 
     def _info(self, content: Any, instance_id: str) -> InstanceInfo:
         props, inv = self._managed(content, instance_id)
-        return mapping.instance_info(instance_id, props, inv)
+        facts = listing.config_facts(props)
+        # What was read anyway spares the next listing this VM's config (the version came with it).
+        self._config_cache.put(instance_id, facts)
+        return listing.instance_info(instance_id, props, inv, facts)
 
     def _task(self, content: Any, task: Any, what: str) -> Any:
         return self._s.wait_for_task(content, task, what=what)
@@ -299,23 +304,6 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
         return self._call("backend info", read, idempotent=True)
 
     # -- mandatory core ------------------------------------------------------------------------
-
-    def list_instances(self) -> list[InstanceInfo]:
-        """Every managed VM in scope from one paged RetrievePropertiesEx (one round trip per page).
-
-        The devices come in the same retrieval, so each entry has its disks and equals what
-        get_instance says of the same VM.
-        """
-
-        def read(content: Any) -> list[InstanceInfo]:
-            inv = self._inventory(content, full=True)
-            return [
-                mapping.instance_info(oid, props, inv)
-                for oid, props in inv.vms.items()
-                if mapping.is_managed(props) and not images.is_template(props) and self._in_scope(props, inv)
-            ]
-
-        return self._call("list instances", read, idempotent=True)
 
     def get_instance(self, instance_id: str) -> InstanceInfo:
         return self._call("get instance", lambda c: self._info(c, instance_id), idempotent=True, ref=instance_id)
@@ -526,7 +514,7 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
             props, inv = self._managed(content, instance_id)
             state = mapping.power_state(props.get("runtime.powerState"))
             if state == noop:
-                return mapping.instance_info(instance_id, props, inv)
+                return listing.instance_info(instance_id, props, inv)
             if state not in allowed:
                 wanted = " or ".join(sorted(s.value for s in allowed))
                 raise InvalidState(f"vsphere: cannot {what} {props.get('name')!r}: it is {state.value}, needs {wanted}")
@@ -549,7 +537,7 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
             props, inv = self._managed(content, instance_id)
             state = props.get("runtime.powerState")
             if state == "poweredOff":
-                return mapping.instance_info(instance_id, props, inv)
+                return listing.instance_info(instance_id, props, inv)
             vm = self._ref(content, "VirtualMachine", instance_id)
             if not force and timeout > 0 and state == "poweredOn":
                 try:
@@ -737,19 +725,6 @@ class VSphereDriver(WorkloadOps, SnapshotOps, ReapOps):
         return self._call("get high availability", read, idempotent=True, ref=instance_id)
 
     # -- pets -------------------------------------------------------------------------------------
-
-    def list_unmanaged(self) -> list[InstanceInfo]:
-        """VMs without our mark, with their disks: what adopting them would take over."""
-
-        def read(content: Any) -> list[InstanceInfo]:
-            inv = self._inventory(content, full=True)
-            return [
-                mapping.instance_info(oid, props, inv)
-                for oid, props in inv.vms.items()
-                if not mapping.is_managed(props) and not images.is_template(props) and self._in_scope(props, inv)
-            ]
-
-        return self._call("list unmanaged", read, idempotent=True)
 
     def adopt(self, instance_id: str) -> InstanceInfo:
         """Mark the VM as ours in its extraConfig: a reconfigure that leaves it running and intact."""

@@ -33,12 +33,10 @@ from virtdrivers.objects import (
     HAPriority,
     HAState,
     HostResources,
-    InstanceInfo,
     InstanceSpec,
     PowerState,
 )
 from virtdrivers_vmware._sdk import sdk
-from virtdrivers_vmware.network import nics_of
 
 #: extraConfig key marking a VM as created (or adopted) by virtdrivers.
 MANAGED_KEY = "virtdrivers.managed"
@@ -77,9 +75,10 @@ VM_LIST_PROPERTIES = (
     "config.extraConfig",
     "config.template",
 )
-#: Everything an InstanceInfo shows: the placement properties plus the devices (for disks). The
-#: bulk listing fetches these too, so a listed instance equals the same instance read alone.
-VM_INFO_PROPERTIES = (*VM_LIST_PROPERTIES, "config.hardware.device")
+#: Everything an InstanceInfo shows: the placement properties plus the devices (disks, NICs). The
+#: bulk listing derives its entries from the same properties (cached per config version, see
+#: listing.py), so a listed instance equals the same instance read alone.
+VM_INFO_PROPERTIES = (*VM_LIST_PROPERTIES, "config.hardware.device", "config.changeVersion")
 #: One instance in full adds where its files are (to place new disks next to them).
 VM_DETAIL_PROPERTIES = (*VM_INFO_PROPERTIES, "config.files.vmPathName")
 HOST_PROPERTIES = (
@@ -396,29 +395,6 @@ def build_inventory(objects: Iterable[Any]) -> Inventory:
                 free=int(props.get("summary.freeSpace") or 0),
             )
     return inv
-
-
-def instance_info(oid: str, props: Mapping[str, Any], inv: Inventory) -> InstanceInfo:
-    """An InstanceInfo from a VM's properties; node is its cluster, host its ESXi host."""
-    host_id = moid(props.get("runtime.host"))
-    host = inv.hosts.get(host_id or "")
-    cluster = inv.cluster_of_host(host_id)
-    extra = extra_config(props)
-    devices = props.get("config.hardware.device")
-    return InstanceInfo(
-        id=oid,
-        name=vm_name(props.get("name")),
-        power_state=power_state(props.get("runtime.powerState")),
-        vcpus=int(props.get("config.hardware.numCPU") or 0),
-        memory_mb=int(props.get("config.hardware.memoryMB") or 0),
-        node=cluster.name if cluster else (host.name if host else None),
-        host=host.name if host else None,
-        disks=disks_of(devices, extra) if devices is not None else (),
-        metadata=metadata_of(extra),
-        managed=extra.get(MANAGED_KEY) == "true",
-        image=extra.get(IMAGE_KEY),
-        nics=nics_of(devices),
-    )
 
 
 def host_resources(cluster: ClusterRow, inv: Inventory, version: str = "") -> HostResources:

@@ -155,16 +155,20 @@ def nics_of(devices: Sequence[Any] | None) -> tuple[NicInfo, ...]:
     )
 
 
-def guest_addresses(props: Mapping[str, Any], now: datetime.datetime | None = None) -> list[GuestAddress]:
-    """What VMware Tools reports in ``guest.net`` for the VM's present NICs, in CIDR notation.
+def guest_addresses(
+    props: Mapping[str, Any], now: datetime.datetime | None = None, *, macs: set[str] | None = None
+) -> list[GuestAddress]:
+    """What VMware Tools reports in ``guest.net`` for the VM's present NICs: CIDR from ``ipConfig``, else bare.
 
     Only while the VM runs: a stopped VM's guest info is what Tools said last, not now.
     Entries of NICs the VM no longer has, and entries without addresses, are left out.
+    ``macs`` are the VM's NICs when the caller knows them already (the listing, from its cache).
     """
     if props.get("runtime.powerState") != "poweredOn":
         return []
     when = now or datetime.datetime.now(datetime.UTC)
-    macs = {n.mac for n in nics_of(props.get("config.hardware.device"))}
+    if macs is None:
+        macs = {n.mac for n in nics_of(props.get("config.hardware.device"))}
     out = []
     for entry in props.get("guest.net") or ():
         mac = str(getattr(entry, "macAddress", "") or "").lower()
@@ -173,7 +177,8 @@ def guest_addresses(props: Mapping[str, Any], now: datetime.datetime | None = No
         config = getattr(entry, "ipConfig", None)
         addresses = [f"{a.ipAddress}/{a.prefixLength}" for a in getattr(config, "ipAddress", None) or ()]
         if not addresses:
-            addresses = [f"{a}/{128 if ':' in a else 32}" for a in getattr(entry, "ipAddress", None) or ()]
+            # Tools named the address without its prefix: a bare address, never an invented prefix.
+            addresses = [str(a) for a in getattr(entry, "ipAddress", None) or ()]
         if addresses:
             out.append(GuestAddress(mac=mac, addresses=tuple(addresses), source="tools", observed_at=when))
     return out

@@ -298,8 +298,14 @@ class Session:
         )
         return self.retrieve_specs(content, [spec], page_size)
 
-    def retrieve_objects(self, content: Any, objs: Iterable[Any], paths: Sequence[str]) -> list[Any]:
-        """Properties of the given objects (all of one type) in one round trip."""
+    def retrieve_objects(
+        self, content: Any, objs: Iterable[Any], paths: Sequence[str], *, report_missing: bool = False
+    ) -> list[Any]:
+        """Properties of the given objects (all of one type): one round trip per page.
+
+        ``report_missing``: an object deleted meanwhile is left out of the answer instead of
+        failing the whole retrieval with ManagedObjectNotFound.
+        """
         _, vmodl = sdk()
 
         pc = vmodl.query.PropertyCollector
@@ -309,6 +315,7 @@ class Session:
         spec = pc.FilterSpec(
             objectSet=[pc.ObjectSpec(obj=o, skip=False) for o in objs],
             propSet=[pc.PropertySpec(type=type(objs[0]), pathSet=list(paths))],
+            reportMissingObjectsInResults=report_missing or None,
         )
         return self.retrieve_specs(content, [spec], None)
 

@@ -18,7 +18,6 @@ from virtdrivers.objects import (
     GuestAddress,
     Image,
     ImageMode,
-    InstanceInfo,
     InstanceSpec,
     Network,
     NicInfo,
@@ -212,42 +211,6 @@ class WorkloadOps(VSphereOps):
             return network.guest_addresses(props)
 
         return self._call("guest addresses", read, idempotent=True, ref=instance_id)
-
-    def list_guest_addresses(self) -> dict[str, list[GuestAddress]]:
-        """Every managed instance's addresses from one paged retrieval (no per-VM round trip)."""
-
-        def read(content: Any) -> dict[str, list[GuestAddress]]:
-            view = self._s.view(content, ("VirtualMachine",))
-            out = {}
-            for oc in self._s.retrieve(content, view, {"VirtualMachine": GUEST_PROPERTIES}):
-                props = mapping.props_of(oc)
-                if mapping.is_managed(props) and not images.is_template(props):
-                    out[mapping.moid(oc.obj) or ""] = network.guest_addresses(props)
-            return out
-
-        return self._call("list guest addresses", read, idempotent=True)
-
-    def list_instances_with_addresses(self) -> list[tuple[InstanceInfo, list[GuestAddress]]]:
-        """list_instances with each instance's guest addresses, in the same paged retrieval.
-
-        ``guest.net`` is read next to the devices, so the listing stays one round trip per page
-        however many VMs and NICs there are (the contract's ``guest_addresses`` is per instance).
-        """
-
-        def read(content: Any) -> list[tuple[InstanceInfo, list[GuestAddress]]]:
-            # The listing's own types, the VMs with guest.net besides (imported here: driver imports us).
-            from virtdrivers_vmware.driver import _LISTING
-
-            props: dict[str, Sequence[str]] = {**_LISTING, "VirtualMachine": GUEST_PROPERTIES}
-            view = self._s.view(content, tuple(props))
-            inv = mapping.build_inventory(self._s.retrieve(content, view, props))
-            return [
-                (mapping.instance_info(oid, vm, inv), network.guest_addresses(vm))
-                for oid, vm in inv.vms.items()
-                if mapping.is_managed(vm) and not images.is_template(vm) and self._in_scope(vm, inv)
-            ]
-
-        return self._call("list instances with addresses", read, idempotent=True)
 
     def console_output(self, instance_id: str, *, max_bytes: int = 64 * 1024) -> str:
         """The tail of the VM's serial-port file on its datastore, read over ``/folder`` with a Range request.

@@ -197,8 +197,9 @@ def _readline(stream: IO[str], timeout: float) -> str:
 def set_fault(settings: Mapping[str, Any], **request: str) -> None:
     """POST one request to the launcher's fault knobs (``/vdvcsim/faults``), authenticated as the login user.
 
-    ``request`` keys (see ``faultRequest`` in ``vcsim/main.go``): ``fail_next`` (a ``*_Task``
-    method whose next call runs and then fails) with optional ``message``; ``ignore_acpi`` /
+    ``request`` keys (see ``faultRequest`` in ``vcsim/main.go``): ``fail_next`` (``*_Task``
+    methods, comma-separated: the next call of any of them runs and then fails, and the fault
+    is disarmed for all) with optional ``message``; ``ignore_acpi`` /
     ``hear_acpi`` (a VM id whose guest ignores, or again obeys, ShutdownGuest); ``cluster``
     with ``host_state`` (``notResponding``, ``disconnected`` or ``connected`` for all its hosts).
     The knob is reached over the same verified HTTPS as the driver's own calls.
@@ -231,8 +232,16 @@ def set_fault(settings: Mapping[str, Any], **request: str) -> None:
 
 
 def _fail_next_create(settings: Mapping[str, Any], driver: Driver) -> None:
-    """The next CreateVM_Task makes its VM and disks, then its task reports a SystemError."""
-    set_fault(settings, fail_next="CreateVM_Task", message="vdvcsim: the host lost its storage after the VM was made")
+    """The next create makes its VM and disks, then its task reports a SystemError.
+
+    Whichever way it is made: CreateVM_Task for a blank create, CloneVM_Task for one from an
+    image. The first of the two called fails; the knob is then disarmed for both.
+    """
+    set_fault(
+        settings,
+        fail_next="CreateVM_Task,CloneVM_Task",
+        message="vdvcsim: the host lost its storage after the VM was made",
+    )
 
 
 def _ignore_acpi(settings: Mapping[str, Any], driver: Driver, instance_id: str) -> None:
@@ -317,6 +326,11 @@ VCSIM_NOTES = {
     Capability.GUEST_ADDRESSES: (
         "addresses are set in guest.net by our vcsim launcher when a VM powers on (10.x.y.z/8 "
         "from the MAC), as VMware Tools would report them; no guest boots"
+    ),
+    Capability.NIC_HOTPLUG: (
+        "vcsim's own ReconfigVM_Task adds and removes the card; the listing sees it through "
+        "config.changeVersion, which our launcher moves on every config change as vCenter does "
+        "(vcsim 0.24 leaves it empty)"
     ),
     Capability.CONSOLE_CONNECT: (
         "AcquireTicket('webmks') is answered by our vcsim launcher (vcsim 0.24 has none): a "
