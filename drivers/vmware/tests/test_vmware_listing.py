@@ -288,3 +288,36 @@ def test_a_vm_destroyed_between_the_two_retrievals_drops_out_of_the_config_read(
         assert actor._call("config read", read) == [kept.id]
     finally:
         actor.destroy(kept.id)
+
+
+def test_the_collector_pause_nests_survives_errors_and_keeps_a_caller_s_own_setting() -> None:
+    import gc
+    import threading
+
+    from virtdrivers_vmware._gc import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        inner_done = threading.Event()
+
+        def other_retrieval() -> None:
+            with collector_paused():
+                inner_done.wait(5)
+
+        t = threading.Thread(target=other_retrieval)
+        t.start()
+    assert not gc.isenabled(), "re-enabled while another thread's retrieval still parses"
+    inner_done.set()
+    t.join()
+    assert gc.isenabled(), "the last retrieval to end re-enables the collector"
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failed retrieval")
+    assert gc.isenabled()
+    gc.disable()  # an application that runs without the cyclic collector keeps it off
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -28,6 +28,7 @@ from typing import Any
 
 from virtdrivers.objects import DiskInfo, GuestAddress, InstanceInfo, NicInfo
 from virtdrivers_vmware import mapping, network
+from virtdrivers_vmware._gc import collector_paused
 from virtdrivers_vmware._ops import VSphereOps
 
 #: Read of every VM on every listing: what changes without its config changing, and the version.
@@ -159,6 +160,12 @@ class ListingOps(VSphereOps):
     ) -> list[Listed]:
         """VMs in scope whose config facts pass ``keep``: one retrieval, plus one for configs not cached."""
         # Imported here: driver imports us, and holds the topology's property lists.
+
+        with collector_paused():  # parsing and building thousands of acyclic objects (see there)
+            return self._listed(content, keep, extra_paths)
+
+    def _listed(self, content: Any, keep: Callable[[ConfigFacts], bool], extra_paths: Sequence[str]) -> list[Listed]:
+        # Imported here: driver imports us, and holds the topology's property lists.
         from virtdrivers_vmware.driver import _TOPOLOGY
 
         props: dict[str, Sequence[str]] = {**_TOPOLOGY, "VirtualMachine": (*VM_LIGHT_PROPERTIES, *extra_paths)}
@@ -210,9 +217,10 @@ class ListingOps(VSphereOps):
         """
 
         def read(content: Any) -> list[tuple[InstanceInfo, list[GuestAddress]]]:
-            listed = self._listing(content, lambda f: f.managed, ("guest.net",))
-            now = datetime.datetime.now(datetime.UTC)  # one retrieval: one moment of observation
-            return [(x.info, network.guest_addresses(x.props, now, macs=x.facts.macs)) for x in listed]
+            with collector_paused():  # the addresses are as many small acyclic objects again
+                listed = self._listing(content, lambda f: f.managed, ("guest.net",))
+                now = datetime.datetime.now(datetime.UTC)  # one retrieval: one moment of observation
+                return [(x.info, network.guest_addresses(x.props, now, macs=x.facts.macs)) for x in listed]
 
         return self._call("list instances with addresses", read, idempotent=True)
 

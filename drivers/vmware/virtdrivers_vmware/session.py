@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from virtdrivers.errors import AuthenticationFailed, BackendUnavailable, DriverError, Timeout, redact
 from virtdrivers_vmware import mapping
+from virtdrivers_vmware._gc import collector_paused
 from virtdrivers_vmware._sdk import sdk, smart_connect
 from virtdrivers_vmware.settings import VSphereSettings
 
@@ -325,12 +326,13 @@ class Session:
 
         collector = content.propertyCollector
         options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=page_size or self.settings.page_size)
-        result = collector.RetrievePropertiesEx(specs, options)
         objects: list[Any] = []
-        while result is not None:
-            objects.extend(result.objects or ())
-            token = result.token
-            result = collector.ContinueRetrievePropertiesEx(token) if token else None
+        with collector_paused():
+            result = collector.RetrievePropertiesEx(specs, options)
+            while result is not None:
+                objects.extend(result.objects or ())
+                token = result.token
+                result = collector.ContinueRetrievePropertiesEx(token) if token else None
         return objects
 
     # -- waiting -----------------------------------------------------------------------------
