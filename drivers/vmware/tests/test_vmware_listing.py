@@ -11,12 +11,10 @@ it (``get_instance`` warms its cache), so only the changeVersion can tell it the
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
 from virtdrivers import DiskSpec, InstanceInfo, InstanceSpec, NicSpec
@@ -47,15 +45,8 @@ def observer(sim: Vcsim) -> Iterator[VSphereDriver]:
 
 @pytest.fixture(scope="module")
 def admin(sim: Vcsim) -> Iterator[Any]:
-    si = SmartConnect(
-        host="127.0.0.1",
-        port=sim.port,
-        user=sim.settings()["user"],
-        pwd=sim.password,
-        sslContext=ssl.create_default_context(cafile=str(sim.cert_file)),
-    )
-    yield si
-    Disconnect(si)
+    with sim.admin() as si:
+        yield si
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ must reap exactly the first and the last, and never a pet.
 from __future__ import annotations
 
 import dataclasses
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
 from virtdrivers import DiskSpec, InstanceNotFound, InstanceSpec
@@ -44,15 +42,8 @@ def driver(sim: Vcsim) -> Iterator[VSphereDriver]:
 
 @pytest.fixture
 def admin(sim: Vcsim) -> Iterator[Any]:
-    si = SmartConnect(
-        host="127.0.0.1",
-        port=sim.port,
-        user=sim.settings()["user"],
-        pwd=sim.password,
-        sslContext=ssl.create_default_context(cafile=str(sim.cert_file)),
-    )
-    yield si.RetrieveContent()
-    Disconnect(si)
+    with sim.admin() as si:
+        yield si.RetrieveContent()
 
 
 def _dead_token() -> str:

@@ -58,15 +58,8 @@ def driver(sim: Vcsim) -> Iterator[VSphereDriver]:
 @pytest.fixture
 def admin(sim: Vcsim) -> Iterator[Any]:
     """A separate pyVmomi connection, to look at (and interfere with) the server directly."""
-    si = SmartConnect(
-        host="127.0.0.1",
-        port=sim.port,
-        user=sim.settings()["user"],
-        pwd=sim.password,
-        sslContext=ssl.create_default_context(cafile=str(sim.cert_file)),
-    )
-    yield si.RetrieveContent()
-    Disconnect(si)
+    with sim.admin() as si:
+        yield si.RetrieveContent()
 
 
 def _spec(name: str, **kw: Any) -> InstanceSpec:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
 from virtdrivers import (
@@ -60,15 +59,8 @@ def driver(sim: Vcsim) -> Iterator[VSphereDriver]:
 
 @pytest.fixture
 def admin(sim: Vcsim) -> Iterator[Any]:
-    si = SmartConnect(
-        host="127.0.0.1",
-        port=sim.port,
-        user=sim.settings()["user"],
-        pwd=sim.password,
-        sslContext=ssl.create_default_context(cafile=str(sim.cert_file)),
-    )
-    yield si
-    Disconnect(si)
+    with sim.admin() as si:
+        yield si
 
 
 @pytest.fixture

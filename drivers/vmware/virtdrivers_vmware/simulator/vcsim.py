@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import json
 import os
 import threading
@@ -142,6 +143,17 @@ class Vcsim:
             "password": self.password,
             "ca_file": str(self.cert_file),
         }
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[Any]:
+        """A pyVmomi ServiceInstance of its own on this simulator, as an administrator's session
+        would be: to look at (and interfere with) the server apart from any driver."""
+        si = _connect(self.settings())
+        try:
+            yield si
+        finally:
+            with contextlib.suppress(Exception):
+                importlib.import_module("pyVim.connect").Disconnect(si)
 
     def faults(self, **request: str) -> None:
         """Arm one of the launcher's fault knobs (see :func:`set_fault`)."""
