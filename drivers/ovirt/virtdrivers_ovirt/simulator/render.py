@@ -223,19 +223,7 @@ def disk(d: Disk) -> Element:
 
 
 def disk_attachment(vm_: Vm, att: Attachment, engine: Engine, with_disk: bool = False) -> Element:
-    root = Element("disk_attachment", href=f"{API}/vms/{vm_.id}/diskattachments/{att.disk_id}", id=att.disk_id)
-    _text(root, "active", att.active)
-    _text(root, "bootable", att.bootable)
-    d = engine.disks.get(att.disk_id)
-    if with_disk and d is not None:
-        root.append(disk(d))
-    else:
-        _ref(root, "disk", "disks", att.disk_id)
-    _text(root, "interface", att.interface)
-    _text(root, "pass_discard", False)
-    _text(root, "read_only", False)
-    _ref(root, "vm", "vms", vm_.id)
-    return root
+    return _disk_chain_attachment("vms", vm_.id, att, engine, with_disk)
 
 
 def host(h: Host, engine: Engine) -> Element:
@@ -342,6 +330,9 @@ def _disk_chain_attachment(owner_kind: str, owner_id: str, att: Attachment, engi
     else:
         _ref(root, "disk", "disks", att.disk_id)
     _text(root, "interface", att.interface)
+    if owner_kind == "vms":  # a template's attachments carry neither
+        _text(root, "pass_discard", False)
+        _text(root, "read_only", False)
     _ref(root, tag, owner_kind, owner_id)
     return root
 
