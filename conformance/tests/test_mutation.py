@@ -86,6 +86,12 @@ DEFAULT = frozenset(
         "mut-unmanaged-lists-managed",
         "mut-events-after-close",
         "mut-events-migrated-old-node",
+        # workloads
+        "mut-user-data-stripped",
+        "mut-detach-nic-noop",
+        "mut-ticket-in-url",
+        "mut-failed-image-create-leaks",
+        "mut-cow-writes-the-image",
     }
 )
 

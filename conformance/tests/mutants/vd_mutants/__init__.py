@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 __all__ = ["MODULES", "Mutant", "mutants"]
 
 #: The mutant modules, one per area of the contract, in report order.
-MODULES = ("lifecycle", "power", "storage", "snapshots", "migration", "cluster", "pets_events")
+MODULES = ("lifecycle", "power", "storage", "snapshots", "migration", "cluster", "pets_events", "workloads")
 
 _DOC = re.compile(r"^(?P<bug>.+?)\s+Feature: (?P<feature>[a-z0-9_]+)\.$")
 
