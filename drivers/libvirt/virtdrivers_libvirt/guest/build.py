@@ -385,13 +385,13 @@ def _remove_stale_temporaries(cache_dir: Path) -> None:
 # --- the build --------------------------------------------------------------------------------
 
 
-def _run(argv: list[str], **kwargs: object) -> str:
+def _run(argv: list[str], *, timeout: float = SUBPROCESS_TIMEOUT, **kwargs: object) -> str:
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
     proc = subprocess.run(
         argv,
         capture_output=True,
         text=True,
-        timeout=SUBPROCESS_TIMEOUT,
+        timeout=timeout,
         check=False,
         env=env,
         **kwargs,  # type: ignore[call-overload]
@@ -429,14 +429,10 @@ def _build(inputs: _Inputs, key: str, tmp: Path, deb_dir: Path, started: float) 
     raw = tmp / "disk.raw"
     _write_disk(raw, tmp / "part.img", boot)
     out = tmp / "image"
-    out.mkdir()
-    qcow2 = out / "base.qcow2"
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
-    info = json.loads(_run(["qemu-img", "info", "--output=json", str(qcow2)]))
-    qcow2.chmod(0o444)  # a base image: overlays only
+    qcow2, virtual_size = base_qcow2(raw, out)
     image = GuestImage(
         path=qcow2,
-        virtual_size=int(info["virtual-size"]),
+        virtual_size=virtual_size,
         format="qcow2",
         kernel_version=inputs.kernel_version,
         sha256=file_sha256(qcow2),
@@ -445,6 +441,17 @@ def _build(inputs: _Inputs, key: str, tmp: Path, deb_dir: Path, started: float) 
         build_seconds=round(time.monotonic() - started, 2),
     )
     (out / "guest.json").write_text(image.to_json())
+
+
+def base_qcow2(raw: Path, out: Path, *, timeout: float = SUBPROCESS_TIMEOUT) -> tuple[Path, int]:
+    """``raw`` converted to ``out/base.qcow2`` (``out`` is made here), read-only because a base
+    image only ever backs overlays, and its virtual size as qemu-img reports it."""
+    out.mkdir()
+    qcow2 = out / "base.qcow2"
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], timeout=timeout)
+    info = json.loads(_run(["qemu-img", "info", "--output=json", str(qcow2)], timeout=timeout))
+    qcow2.chmod(0o444)
+    return qcow2, int(info["virtual-size"])
 
 
 def file_sha256(path: Path) -> str:

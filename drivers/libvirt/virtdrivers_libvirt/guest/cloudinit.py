@@ -48,6 +48,7 @@ from virtdrivers_libvirt.guest.build import (
     GuestImage,
     _chs,
     _write_disk,
+    base_qcow2,
     cached_build,
     default_cache_dir,
     file_sha256,
@@ -342,14 +343,10 @@ def _build(mirror: str, key: str, tmp: Path, deb_dir: Path, started: float) -> N
     _append_partition(raw, root_img, partition_type=0x83)
 
     out = tmp / "image"
-    out.mkdir()
-    qcow2 = out / "base.qcow2"
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
-    info = json.loads(_run(["qemu-img", "info", "--output=json", str(qcow2)]))
-    qcow2.chmod(0o444)  # a base image: overlays only
+    qcow2, virtual_size = base_qcow2(raw, out, timeout=SUBPROCESS_TIMEOUT)
     image = CloudInitGuestImage(
         path=qcow2,
-        virtual_size=int(info["virtual-size"]),
+        virtual_size=virtual_size,
         format="qcow2",
         kernel_version=kernel_version,
         sha256=file_sha256(qcow2),
