@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from virtdrivers.capabilities import DiskFormat
 from virtdrivers.errors import Conflict, DriverError, InvalidSpec, NotFound, Timeout
 from virtdrivers.objects import InstanceMetrics, InstanceSpec, NicSpec, PowerState
 from virtdrivers.reaping import CreateToken
+from virtdrivers_conformance.suite.checks import wait_for
 from virtdrivers_libvirt import guest_io, mapping
 from virtdrivers_libvirt.driver import LibvirtDriver
 from virtdrivers_libvirt.endpoints import TINY_GUEST_IMAGE
@@ -32,17 +33,6 @@ from virtdrivers_libvirt.storage import DirStore
 T = TypeVar("T")
 SMALL: dict[str, Any] = {"vcpus": 1, "memory_mb": 128}
 BOOT_TIMEOUT = 120.0
-
-
-def _until(what: str, probe: Callable[[], T | None], timeout: float = BOOT_TIMEOUT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def _qemu_img_info(path: str) -> dict[str, Any]:
@@ -182,9 +172,9 @@ def test_a_real_guest_boots_from_an_image_with_its_user_data_address_and_counter
         text = qemu.console_output(info.id)
         return text if _marker_of(user_data) in text else None
 
-    console = _until("the user-data marker", marked)
+    console = wait_for("the user-data marker", BOOT_TIMEOUT, marked)
     assert user_data.splitlines()[1] in console
-    found = _until("an agent-reported address", lambda: qemu.guest_addresses(info.id))
+    found = wait_for("an agent-reported address", BOOT_TIMEOUT, lambda: qemu.guest_addresses(info.id))
     assert [(a.mac, a.source) for a in found] == [(mac, "agent")]
     assert "10.0.2.15/24" in found[0].addresses
     first = qemu.instance_metrics(info.id)
@@ -193,7 +183,7 @@ def test_a_real_guest_boots_from_an_image_with_its_user_data_address_and_counter
         now = qemu.instance_metrics(info.id)
         return now if (now.cpu_time_ns or 0) > (first.cpu_time_ns or 0) else None
 
-    second = _until("CPU time growing", grown)
+    second = wait_for("CPU time growing", BOOT_TIMEOUT, grown)
     assert second.disk_read_bytes
     assert second.memory_used_mb
     # The guest ran and wrote on its copy-on-write child; the image is byte for byte unchanged.
@@ -218,7 +208,7 @@ def test_a_nic_is_hot_plugged_and_the_real_guest_ejects_it_on_detach(qemu: Libvi
     info = qemu.create(
         InstanceSpec(name="wl-nic", **SMALL, image=TINY_GUEST_IMAGE, disks=[], nics=[{"network": "user"}])
     )
-    _until("the guest up", lambda: qemu.guest_addresses(info.id))
+    wait_for("the guest up", BOOT_TIMEOUT, lambda: qemu.guest_addresses(info.id))
     nic = qemu.attach_nic(info.id, NicSpec(network="user"))
     assert nic.mac in _live_macs(qemu, info.id)
     assert nic.id in {n.id for n in qemu.get_instance(info.id).nics}
@@ -247,9 +237,9 @@ def test_detach_from_a_guest_that_never_ejects_times_out_typed(
 
 def test_a_soft_reboot_of_a_real_guest_boots_it_again(qemu: LibvirtDriver) -> None:
     info = qemu.create(InstanceSpec(name="wl-reboot", **SMALL, image=TINY_GUEST_IMAGE, disks=[]))
-    _until("the first boot", lambda: "VIRTDRIVERS-USERDATA none" in qemu.console_output(info.id))
+    wait_for("the first boot", BOOT_TIMEOUT, lambda: "VIRTDRIVERS-USERDATA none" in qemu.console_output(info.id))
     assert qemu.reboot(info.id).power_state == PowerState.RUNNING
-    _until("a second boot", lambda: qemu.console_output(info.id).count("VIRTDRIVERS-BOOT") >= 2)
+    wait_for("a second boot", BOOT_TIMEOUT, lambda: qemu.console_output(info.id).count("VIRTDRIVERS-BOOT") >= 2)
     qemu.destroy(info.id)
 
 
@@ -333,7 +323,7 @@ def test_the_ignore_acpi_hook_really_deafens_a_real_guest(
     hook = next(e for e in ENDPOINTS if e.name == "qemu").hooks.ignore_acpi
     assert hook is not None
     info = qemu.create(InstanceSpec(name="wl-deaf", **SMALL, image=TINY_GUEST_IMAGE, disks=[]))
-    _until("the boot", lambda: "VIRTDRIVERS-USERDATA none" in qemu.console_output(info.id))
+    wait_for("the boot", BOOT_TIMEOUT, lambda: "VIRTDRIVERS-USERDATA none" in qemu.console_output(info.id))
     hook(qemu_settings, qemu, info.id)
     started = time.monotonic()
     assert qemu.power_off(info.id, timeout=4).power_state == PowerState.SHUTDOWN
